@@ -1,0 +1,43 @@
+# One entry point for people and CI.  `make demo` and `make test` are the README's
+# two commands; both create the virtual environment on first use.
+PYTHON     ?= python3
+VENV       ?= .venv
+# The CPU wheel of torch 2.13.0 is on the development machines' disk.  On a GPU
+# cluster the same pin resolves to PyPI's CUDA build; pick another CUDA build with
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH_SPEC ?= torch==2.13.0
+CORES      ?= all
+CONFIG     ?= config/config.yaml
+PORT       ?= 5000
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.simobs-installed
+
+.PHONY: install demo test test-fast ui report lint clean-results
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC) 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -m pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -c "import simobs, torch, snakemake, mlflow, galsim" 
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	@$(BIN)/python -m simobs.cli where --configfile $(CONFIG)
+
+report: install
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.zip
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not slurm and not browser"
+
+ui: install
+	$(BIN)/python -m simobs.cli ui --configfile $(CONFIG) --port $(PORT)
+
+lint: install
+	$(BIN)/snakemake --lint --cores 1

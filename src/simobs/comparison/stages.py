@@ -1,0 +1,246 @@
+"""Entry points of the rules ``project``, ``train_classifier`` and ``model_posterior``.
+
+Each ``run_*`` function reads its inputs, computes, writes every output atomically and
+returns a :class:`StageOutput` (metrics, tables and figure paths) for the rule's script to
+log to MLflow.  Output names are the keys of the rule's ``output:`` block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from simobs.comparison import plots
+from simobs.comparison.attribution import mean_abs_attributions, top_latent_features
+from simobs.comparison.classifier import load_classifier
+from simobs.comparison.embeddings import EmbeddingSet, read_embeddings
+from simobs.comparison.posterior import bootstrap_aggregate, normalise_prior, posterior_model_probabilities
+from simobs.comparison.projection import ProjectionSettings, project_embeddings
+from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
+from simobs.io import atomic_path
+from simobs.misspecification.ood import flag_ood, ood_score, threshold_from_predictions
+
+__all__ = ["StageOutput", "save_figure", "write_table", "run_projection", "run_train_classifier", "run_model_posterior"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageOutput:
+    """What a stage hands to its script for MLflow: metrics, tables and written figures."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 130) -> Path:
+    """Save and close a figure atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a CSV table atomically (floats with full precision)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def _write_json(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
+
+
+def _read_all(paths: Sequence[str | Path]) -> list[EmbeddingSet]:
+    sets = [read_embeddings(p) for p in paths]
+    names = [s.source for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate source names among the embedding files: {names}")
+    return sets
+
+
+# -- project ------------------------------------------------------------------------------
+def run_projection(embedding_paths: Sequence[str | Path], outputs: Mapping[str, str | Path],
+                   settings: Mapping[str, Any] | None) -> StageOutput:
+    """UMAP of all sources; outputs ``table``, ``figure_all``, ``figure_panels``."""
+    sets = _read_all(embedding_paths)
+    table = project_embeddings(sets, ProjectionSettings.from_mapping(settings))
+    write_table(table, outputs["table"])
+    figs = [save_figure(plots.plot_projection(table), outputs["figure_all"]),
+            save_figure(plots.plot_projection_panels(table), outputs["figure_panels"])]
+    metrics = {f"n_{s.source}": float(len(s)) for s in sets}
+    metrics["n_fit"] = float(table["in_fit"].sum())
+    return StageOutput(metrics, {}, figs)
+
+
+# -- train_classifier ---------------------------------------------------------------------
+def _traversal_figure(top: pd.DataFrame, embedding_model: str | Path | None, n_latents: int, steps: int,
+                      span: float, out: Path) -> Path | None:
+    """Decode traversals of the most important latents with the VAE, when the embedding
+    stage provides ``simobs.embedding.decode_latent_traversal``; returns None otherwise."""
+    if embedding_model is None:
+        return None
+    try:
+        from simobs.embedding import decode_latent_traversal, load_model
+    except ImportError:
+        log.warning("simobs.embedding.decode_latent_traversal is not available; no traversal figure")
+        return None
+    # latents ranked by their best rank over models, then by importance
+    best = top.sort_values(["rank", "mean_abs_shap"], ascending=[True, False]).drop_duplicates("latent")
+    latents = [int(j) for j in best["latent"].head(n_latents)]
+    model, _ = load_model(embedding_model)
+    values = np.linspace(-span, span, steps)
+    images = decode_latent_traversal(model, latents, values=values)
+    imgs = {j: np.asarray(images[i]) for i, j in enumerate(latents)}
+    used_by = {j: ", ".join(top.loc[top.latent == j, "model"]) for j in latents}
+    return save_figure(plots.plot_latent_traversals(imgs, list(values), {j: f"z{j}\n({used_by[j]})" for j in latents}), out)
+
+
+def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping[str, str | Path],
+                         settings: Mapping[str, Any], seed: int = 0, embedding_model: str | Path | None = None,
+                         on_epoch: Callable[[dict[str, float], int], None] | None = None) -> StageOutput:
+    """Train, calibrate and explain the simulation classifier.
+
+    Outputs: ``model`` (classifier JSON), ``predictions`` (held-out predictions of every
+    simulated image, CSV), ``metrics`` (JSON), ``shap`` (top latents CSV) and figures
+    ``reliability``, ``confusion``, ``shap_figure``, ``traversals`` (a placeholder figure
+    if the VAE traversal decoder is unavailable).
+    """
+    sets = _read_all(embedding_paths)
+    s = dict(settings)
+    split = s.get("split", {})
+    fractions = (split.get("train", 0.7), split.get("validation", 0.15), split.get("test", 0.15))
+    cal = s.get("calibration", {})
+    res = train_simulation_classifier(sets, classifier_settings_from_config(s), fractions,
+                                      max_ece=cal.get("max_ece", 0.02), n_bins=cal.get("n_bins", 15),
+                                      seed=seed, on_epoch=on_epoch)
+    clf = res.classifier
+    clf.save(outputs["model"])
+    write_table(res.predictions, outputs["predictions"])
+    metrics = res.metrics()
+    _write_json({**metrics, "class_names": clf.class_names, "confusion": res.report.confusion.tolist()},
+                outputs["metrics"])
+
+    # SHAP on held-out galaxies (never on the training split: importance of what generalises)
+    sims = [e for e in sets if not e.is_observation]
+    x_all = np.concatenate([e.embedding for e in sims])
+    held = np.concatenate([res.split.validation, res.split.test])
+    shap_cfg = s.get("shap", {})
+    max_rows = int(shap_cfg.get("max_samples", 20000))
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(held, min(max_rows, len(held)), replace=False))
+    importance = mean_abs_attributions(clf.feature_attributions(x_all[rows]))
+    top = top_latent_features(importance, clf.class_names, shap_cfg.get("n_top", 5))
+    write_table(top, outputs["shap"])
+    nb = cal.get("n_bins", 15)
+    figs = [
+        save_figure(plots.plot_reliability({"uncalibrated": res.report_raw.reliability, "calibrated": res.report.reliability},
+                                           {"uncalibrated": res.report_raw.ece, "calibrated": res.report.ece}),
+                    outputs["reliability"]),
+        save_figure(plots.plot_confusion(res.report.confusion, clf.class_names), outputs["confusion"]),
+        save_figure(plots.plot_feature_importance(importance, clf.class_names, shap_cfg.get("n_top", 5) * 2),
+                    outputs["shap_figure"]),
+    ]
+    trav = _traversal_figure(top, embedding_model, int(shap_cfg.get("n_traversal_latents", 6)),
+                             int(shap_cfg.get("traversal_steps", 7)), float(shap_cfg.get("traversal_span", 3.0)),
+                             Path(outputs["traversals"]))
+    if trav is None:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "latent traversals unavailable (no VAE decoder)", ha="center", va="center", fontsize=8)
+        trav = save_figure(fig, outputs["traversals"])
+    figs.append(trav)
+    log.info("classifier: n_bins=%d, test accuracy %.3f, ECE %.4f", nb, res.report.accuracy, res.report.ece)
+    return StageOutput(metrics, {"top_latents": top}, figs)
+
+
+# -- model_posterior ----------------------------------------------------------------------
+def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: str | Path,
+                        predictions_path: str | Path, outputs: Mapping[str, str | Path],
+                        settings: Mapping[str, Any], ood_settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
+    """Posterior model probabilities per observed galaxy and for each observed sample.
+
+    Galaxies flagged by the logit OOD check (same score, threshold and true-positive rate
+    as the misspecification stage, ``ood_settings``) are excluded from the aggregate
+    (see :mod:`simobs.comparison.posterior` for why); per-galaxy values are reported for all.
+
+    Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV), ``bayes_factors`` (CSV),
+    figures ``figure_bars`` and ``figure_per_galaxy``.
+    """
+    sets = [e for e in _read_all(embedding_paths) if e.is_observation]
+    if not sets:
+        raise ValueError("model_posterior needs at least one observation source among its embedding inputs")
+    clf = load_classifier(classifier_path)
+    names = clf.class_names
+    prior_cfg = settings.get("prior")
+    prior = None
+    if prior_cfg:
+        missing = sorted(set(names) - set(prior_cfg))
+        if missing:
+            raise ValueError(f"model_posterior.prior lacks a weight for {missing}; give one per simulation: {names}")
+        prior = normalise_prior([prior_cfg[n] for n in names], len(names))
+    method, tpr = ood_settings.get("score", "energy"), float(ood_settings.get("tpr", 0.95))
+    threshold = threshold_from_predictions(pd.read_csv(predictions_path), names, method, tpr)
+    interval = float(settings.get("interval", 0.68))
+    per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {"ood_threshold": threshold}, []
+    for i, e in enumerate(sets):
+        z = clf.logits(e.embedding)
+        probs = posterior_model_probabilities(z, prior)
+        flagged = flag_ood(ood_score(z, method), threshold)
+        t = pd.DataFrame({"source": e.source, "id": e.ids, "ood_flagged": flagged})
+        for k, n in enumerate(names):
+            t[f"p_{n}"] = probs[:, k]
+        t["map_model"] = np.array(names, dtype=object)[probs.argmax(1)]
+        per_galaxy.append(t)
+        keep = ~flagged
+        metrics[f"{e.source}_n_galaxies"] = float(len(e))
+        metrics[f"{e.source}_n_counted"] = float(keep.sum())
+        if keep.sum() == 0:
+            log.warning("%s: every observed galaxy is out of distribution; no aggregate posterior", e.source)
+            continue
+        boot = bootstrap_aggregate(z[keep], prior, int(settings.get("n_bootstrap", 1000)), seed)
+        agg = boot.posterior_table(names, interval)
+        agg.insert(0, "observations", e.source)
+        agg["n_counted"], agg["n_excluded_ood"] = int(keep.sum()), int(flagged.sum())
+        aggregates.append(agg)
+        bf = boot.bayes_factor_table(names, interval)
+        bf.insert(0, "observations", e.source)
+        bf["mean_log_bayes_factor_per_galaxy"] = bf["log_bayes_factor"] / keep.sum()
+        bfs.append(bf)
+        metrics.update({f"{e.source}_posterior_{n}": float(p) for n, p in zip(names, agg["posterior"])})
+        metrics[f"{e.source}_ood_fraction"] = float(flagged.mean())
+        sfx = "" if i == 0 else f"_{e.source}"
+        figs.append(save_figure(plots.plot_posterior_bars(agg), _suffixed(outputs["figure_bars"], sfx)))
+        figs.append(save_figure(plots.plot_per_galaxy_posteriors(probs, names, flagged),
+                                _suffixed(outputs["figure_per_galaxy"], sfx)))
+    write_table(pd.concat(per_galaxy, ignore_index=True), outputs["per_galaxy"])
+    cols_a = ["observations", "model", "posterior", "posterior_lo", "posterior_hi", "log_posterior", "log_posterior_lo",
+              "log_posterior_hi", "n_counted", "n_excluded_ood"]
+    write_table(pd.concat(aggregates, ignore_index=True) if aggregates else pd.DataFrame(columns=cols_a),
+                outputs["aggregate"])
+    write_table(pd.concat(bfs, ignore_index=True) if bfs else pd.DataFrame(columns=["observations", "model_a", "model_b"]),
+                outputs["bayes_factors"])
+    for key in ("figure_bars", "figure_per_galaxy"):  # declared outputs must exist even without an aggregate
+        if not Path(outputs[key]).exists():
+            fig, ax = plt.subplots(figsize=(4, 1))
+            ax.axis("off")
+            ax.text(0.5, 0.5, "no galaxy passed the OOD check", ha="center", va="center")
+            figs.append(save_figure(fig, outputs[key]))
+    return StageOutput(metrics, {}, figs)
+
+
+def _suffixed(path: str | Path, suffix: str) -> Path:
+    """The first observation source writes the declared path; others get ``_<source>`` suffixes."""
+    p = Path(path)
+    return p if not suffix else p.with_name(p.stem + suffix + p.suffix)

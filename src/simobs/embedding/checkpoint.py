@@ -1,0 +1,126 @@
+"""Saving and loading the model and the training state.
+
+Everything is written with ``torch.save`` of plain containers (dicts, lists, str,
+numbers, tensors) through :func:`simobs.io.atomic_path`, so that both files load
+with ``torch.load(..., weights_only=True)`` (no arbitrary pickle is ever executed)
+and a crash mid-write never leaves a truncated file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from simobs.embedding.model import KSparseVAE, VAEArchitecture
+from simobs.io import atomic_path, write_text_atomic
+
+__all__ = [
+    "MODEL_FORMAT",
+    "save_model",
+    "load_model",
+    "read_model_file",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version tag of the model file layout; bump it when the layout changes.
+MODEL_FORMAT = "simobs.ksparse_vae/1"
+CHECKPOINT_FORMAT = "simobs.ksparse_vae.checkpoint/1"
+
+
+def save_model(
+    path: str | Path,
+    model: KSparseVAE,
+    *,
+    alpha: float,
+    beta: float,
+    extra: Mapping[str, Any] | None = None,
+    architecture_json: str | Path | None = None,
+) -> None:
+    """Write the trained model (weights + architecture + inference settings).
+
+    Args:
+        path: Target ``.pt`` file.
+        model: The trained model (its buffers hold the latent statistics).
+        alpha: Inference multiplier of k.
+        beta: Decoder width used in training (the ELBO needs it).
+        extra: JSON-like metadata (settings, training sources, final metrics).
+        architecture_json: Also write the architecture (plus alpha, beta) as JSON here.
+    """
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "format": MODEL_FORMAT,
+        "architecture": model.arch.to_dict(),
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "state_dict": state,
+        "extra": json.loads(json.dumps(dict(extra or {}), default=str)),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    if architecture_json is not None:
+        doc = {"format": MODEL_FORMAT, "architecture": model.arch.to_dict(), "alpha": alpha, "beta": beta}
+        write_text_atomic(architecture_json, json.dumps(doc, indent=2) + "\n")
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """Load a model file's payload with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: if ``path`` is missing.
+        ValueError: if it is not a simobs k-sparse VAE file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding model {path} does not exist; run the train_embedding rule first")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: format {found!r} is not {MODEL_FORMAT!r}; retrain with train_embedding")
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[KSparseVAE, dict[str, Any]]:
+    """Rebuild the model from a file written by :func:`save_model`.
+
+    Returns:
+        ``(model, info)`` with the model in eval mode on ``device`` and ``info`` the
+        payload without the weights (``architecture``, ``alpha``, ``beta``, ``extra``).
+    """
+    payload = read_model_file(path)
+    model = KSparseVAE(VAEArchitecture.from_dict(payload["architecture"]))
+    model.load_state_dict(payload.pop("state_dict"))
+    model.to(device).eval()
+    return model, payload
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """Write the training state atomically (a kill mid-write leaves the previous one)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The training state at ``path``, or ``None`` when there is none or it is unreadable.
+
+    An unreadable checkpoint (from another simobs version, say) is logged and ignored:
+    training then starts over rather than failing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means "start over"
+        log.warning("checkpoint %s is unreadable (%s); starting training from scratch", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        log.warning("checkpoint %s has an unknown format; starting training from scratch", path)
+        return None
+    return state

@@ -1,0 +1,167 @@
+"""Settings of the embedding stage (the ``embedding:`` section of config/config.yaml).
+
+Defaults train the demo universe (~4000 observed 3x64x64 images) to a useful
+reconstruction in a few minutes on 2 CPU cores and carry over to the paper's ~600k
+images on one GPU (raise ``batch_size`` and ``lr`` together there; the rest scales
+with the epoch, not with the number of images).
+
+Why ``k = 32`` of ``latent_dim = 512``: the paper's 512 latents; k sets how many
+features describe one galaxy.  Fewer than ~16 loses the fine structure (spiral arms,
+companions) and the reconstruction falls off sharply; more than ~64 makes each feature
+less specific (less interpretable, weaker SHAP attributions) and costs KL without
+improving the reconstruction of 64x64 images much.  32 is the middle of the plateau
+(see docs/embedding.md for the measurements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from simobs.embedding.model import VAEArchitecture
+
+__all__ = ["EmbeddingSettings", "WORKFLOW_KEYS"]
+
+#: Keys of the config section that the workflow reads and the library ignores.
+WORKFLOW_KEYS = frozenset({"train_sources", "embed_batch_size"})
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """Every knob of training and encoding.
+
+    Attributes:
+        latent_dim: Latent units (512 in the paper).
+        k: Active units per image at the end of training.
+        alpha: Inference uses ``round(alpha * k)`` active units (``alpha >= 1``; Gao et
+            al. 2024 find a slightly larger k at inference lowers the error).
+        width: Channels of the first convolution (doubled per level up to ``max_width``).
+        depth: Stride-2 convolutions in the encoder (and transposed ones in the decoder).
+        max_width: Channel cap.
+        beta: Width of the Gaussian decoder in normalised pixel units: the loss is
+            ``SSE / (2 beta^2) + KL``.  Smaller values favour reconstruction over a
+            regular latent; about the noise level of the normalised images.
+        batch_size: Images per optimisation step.
+        max_epochs: Upper bound on epochs.
+        patience: Stop after this many epochs without a validation improvement of more
+            than ``min_delta`` (counted only once k has reached its target).
+        min_delta: Relative improvement of the validation loss that counts.
+        lr: Peak learning rate of AdamW.
+        lr_min_factor: Final learning rate as a fraction of ``lr`` (cosine decay).
+        warmup_epochs: Linear learning-rate warm-up (fractional epochs allowed).
+        weight_decay: AdamW weight decay.
+        grad_clip: Clip the gradient norm to this value (0 turns clipping off).
+        k_start: Active units at the start (annealed geometrically to ``k``), so that
+            every latent receives gradients early (Makhzani & Frey 2013).
+        k_anneal_epochs: Epochs over which k goes from ``k_start`` to ``k``.
+        aux_k: Dead latents revived per image by the auxiliary loss (Gao et al. 2024).
+        aux_coef: Weight of the auxiliary loss (0 turns it off).
+        dead_window_epochs: A latent inactive in this many epochs' worth of training
+            images counts as dead.
+        val_fraction: Fraction of the observed images held out for validation.
+        block_rows: Images per contiguous read (rounded up to whole HDF5 chunks).
+        shuffle_buffer_blocks: Blocks mixed in memory for the within-buffer shuffle.
+        num_workers: DataLoader worker processes (0 reads in the training process).
+        seed: Seed of the initialisation, the split, the shuffle and the sampling.
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        mixed_precision: bf16 autocast on CUDA (ignored on CPU).
+        channels_last: channels-last memory format on CUDA (ignored on CPU).
+    """
+
+    latent_dim: int = 512
+    k: int = 32
+    alpha: float = 1.0
+    width: int = 32
+    depth: int = 4
+    max_width: int = 256
+    beta: float = 0.1
+    batch_size: int = 64
+    max_epochs: int = 40
+    patience: int = 4
+    min_delta: float = 0.002
+    lr: float = 2e-3
+    lr_min_factor: float = 0.05
+    warmup_epochs: float = 0.5
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    k_start: int = 256
+    k_anneal_epochs: float = 4.0
+    aux_k: int = 64
+    aux_coef: float = 1.0 / 32.0
+    dead_window_epochs: float = 0.5
+    val_fraction: float = 0.1
+    block_rows: int = 64
+    shuffle_buffer_blocks: int = 16
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.alpha >= 1.0, "alpha", "must be >= 1"),
+            (self.beta > 0, "beta", "must be > 0"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.max_epochs >= 1, "max_epochs", "must be >= 1"),
+            (self.patience >= 1, "patience", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (0 < self.lr_min_factor <= 1, "lr_min_factor", "must lie in (0, 1]"),
+            (self.k_start >= self.k, "k_start", f"must be >= k={self.k}"),
+            (self.k_start <= self.latent_dim, "k_start", f"must be <= latent_dim={self.latent_dim}"),
+            (self.aux_k >= 0, "aux_k", "must be >= 0"),
+            (self.k_anneal_epochs >= 0, "k_anneal_epochs", "must be >= 0"),
+            (0 < self.val_fraction < 1, "val_fraction", "must lie in (0, 1)"),
+            (self.num_workers >= 0, "num_workers", "must be >= 0"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ValueError(f"embedding.{key}={getattr(self, key)!r} {why}")
+        if round(self.alpha * self.k) > self.latent_dim:
+            raise ValueError(
+                f"embedding.alpha={self.alpha} * k={self.k} exceeds latent_dim={self.latent_dim}; lower alpha"
+            )
+
+    @property
+    def k_inference(self) -> int:
+        """Active units per image at inference, ``round(alpha * k)``."""
+        return int(round(self.alpha * self.k))
+
+    def architecture(self, bands: int, image_size: int) -> VAEArchitecture:
+        """The network shape for images of ``bands`` x ``image_size`` x ``image_size``."""
+        return VAEArchitecture(
+            bands=bands,
+            image_size=image_size,
+            width=self.width,
+            depth=self.depth,
+            max_width=self.max_width,
+            latent_dim=self.latent_dim,
+            k=self.k,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> "EmbeddingSettings":
+        """Build from the ``embedding:`` config section (workflow-only keys are skipped).
+
+        Raises:
+            ValueError: naming any unknown key.
+        """
+        section = dict(section or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(section) - set(known) - WORKFLOW_KEYS
+        if unknown:
+            raise ValueError(
+                f"config embedding: unknown keys {sorted(unknown)}; known keys are "
+                f"{sorted(set(known) | WORKFLOW_KEYS)}"
+            )
+        values = {}
+        for name, value in section.items():
+            if name in WORKFLOW_KEYS:
+                continue
+            kind = type(known[name].default)
+            values[name] = kind(value) if kind in (int, float, bool, str) else value
+        return cls(**values)

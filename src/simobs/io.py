@@ -1,0 +1,102 @@
+"""Small file utilities shared by every stage: atomic writes and content digests."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "file_digest", "config_digest", "write_text_atomic"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success.
+
+    The temporary file lives in the same folder, so the final ``os.replace`` is atomic
+    on POSIX file systems: a reader (or Snakemake after a crash, a ``scancel`` or a
+    SLURM time limit) sees either the complete old file, the complete new file or no
+    file, never a partial one.  On an exception the temporary file is removed.
+
+    Args:
+        target: final path of the artefact.
+        suffix: suffix of the temporary name (defaults to the target's suffix, so that
+            libraries that dispatch on extensions, e.g. matplotlib, still work).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix, dir=target.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            if tmp_path.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp_path)
+            else:
+                tmp_path.unlink()
+        raise
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+_CHUNK = 1 << 22
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's content, cached in a ``<file>.sha256`` sidecar.
+
+    Large datasets are hashed once: the sidecar stores size and mtime and is reused
+    while they match, so that every downstream job can tag its inputs by content
+    without re-reading tens of GB.
+    """
+    path = Path(path)
+    st = path.stat()
+    sidecar = path.with_name(path.name + ".sha256")
+    key = f"{st.st_size}:{st.st_mtime_ns}"
+    try:
+        cached_key, cached = sidecar.read_text().split()
+        if cached_key == key:
+            return cached
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    digest = h.hexdigest()
+    if st.st_size > 64 * _CHUNK:  # only worth a sidecar for large files
+        with contextlib.suppress(OSError):
+            write_text_atomic(sidecar, f"{key} {digest}\n")
+    return digest
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def config_digest(config: Mapping[str, Any]) -> str:
+    """Short SHA-256 of a configuration mapping in canonical JSON (key order ignored)."""
+    text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,138 @@
+"""Random fields for component separation: Gaussian (CMB-like), log-normal dust, FITS dust maps.
+
+All maps are float64 arrays of shape ``(n, npix, npix)``; powers follow the
+orthonormal-FFT convention of :mod:`simobs.separation.spectra`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from simobs.separation.spectra import fourier_wavenumbers
+
+__all__ = [
+    "gaussian_random_field",
+    "power_law_power_2d",
+    "lognormal_dust",
+    "gaussian_dust",
+    "read_dust_fits",
+]
+
+
+def gaussian_random_field(power: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Stationary Gaussian fields with a given 2-D power.
+
+    White noise is coloured in Fourier space (``f = IFFT(√P · FFT(w))``, orthonormal
+    FFT), which keeps the field real because ``P(k) = P(-k)``.
+
+    Args:
+        power: 2-D power, shape ``(npix, npix)``, non-negative.
+        n: number of realisations.
+        rng: numpy random generator (the only source of randomness).
+
+    Returns:
+        Fields, shape ``(n, npix, npix)``, float64, pixel variance ``mean(power)``.
+    """
+    if power.ndim != 2 or power.shape[0] != power.shape[1]:
+        raise ValueError(f"power must be square (npix, npix), got shape {power.shape}")
+    if np.any(power < 0) or not np.all(np.isfinite(power)):
+        raise ValueError("power must be finite and non-negative")
+    npix = power.shape[0]
+    white = rng.standard_normal((n, npix, npix))
+    half = np.sqrt(power[:, : npix // 2 + 1])
+    return np.fft.irfft2(half * np.fft.rfft2(white, norm="ortho"), s=(npix, npix), norm="ortho")
+
+
+def power_law_power_2d(npix: int, slope: float) -> np.ndarray:
+    """Isotropic power law ``P(k) ∝ |k|^slope`` (k in cycles per pixel), zero monopole, ``mean(P) = 1``.
+
+    Dust in the diffuse ISM has ``slope ≈ -2.5 to -3``.
+    """
+    k = fourier_wavenumbers(npix)
+    power = np.zeros_like(k)
+    nonzero = k > 0
+    power[nonzero] = k[nonzero] ** slope
+    return power / power.mean()
+
+
+def lognormal_dust(
+    n: int, npix: int, *, slope: float, log_scatter: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Standardised log-normal dust maps ``(exp(s·g) − m) / d``.
+
+    ``g`` is a unit-variance Gaussian random field with power ``∝ |k|^slope`` and
+    ``s = log_scatter``.  ``m = exp(s²/2)`` and ``d = √((e^{s²} − 1) e^{s²})`` are the
+    log-normal's *population* mean and standard deviation, so every map is standardised
+    by the same affine map: train and test maps share one distribution with zero
+    mean and unit variance, and per-map fluctuations of mean and variance are kept
+    (they are part of the signal).
+
+    Returns:
+        Maps, shape ``(n, npix, npix)``, float64.
+    """
+    if log_scatter <= 0:
+        raise ValueError(f"log_scatter={log_scatter} must be > 0 (use dust kind 'gaussian' for Gaussian dust)")
+    g = gaussian_random_field(power_law_power_2d(npix, slope), n, rng)
+    s2 = log_scatter**2
+    mean = np.exp(s2 / 2.0)
+    std = np.sqrt((np.exp(s2) - 1.0) * np.exp(s2))
+    return (np.exp(log_scatter * g) - mean) / std
+
+
+def gaussian_dust(n: int, npix: int, *, slope: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian dust maps with power ``∝ |k|^slope`` and unit variance (the exactly solvable case)."""
+    return gaussian_random_field(power_law_power_2d(npix, slope), n, rng)
+
+
+def _load_fits_maps(path: Path, npix: int) -> np.ndarray:
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = next((h.data for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2), None)
+            if data is None:
+                raise ValueError(f"{path}: no image HDU with 2-D or 3-D data; store the dust map as an image HDU")
+            data = np.asarray(data, dtype=np.float64)
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable FITS file ({err}); dust maps must be FITS images") from err
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or data.shape[1:] != (npix, npix):
+        raise ValueError(
+            f"{path}: dust map has shape {data.shape}, expected ({npix}, {npix}) or (n, {npix}, {npix}); "
+            f"cut the maps to {npix}x{npix} or set separation.fields.npix to their size"
+        )
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise ValueError(
+            f"{path}: {int(bad.sum())} NaN/inf pixels; fill or mask them before use (the diffusion prior "
+            "needs complete periodic maps)"
+        )
+    return data
+
+
+def read_dust_fits(paths: Sequence[str | os.PathLike[str]], npix: int) -> tuple[np.ndarray, float, float]:
+    """Read user dust maps (e.g. MHD simulations) from FITS files, validated and standardised.
+
+    Each file holds one map ``(npix, npix)`` or a stack ``(n, npix, npix)`` in its first
+    image HDU.  All maps are standardised by one dataset-wide affine map (mean and
+    standard deviation over all pixels of all maps), so relative amplitudes between
+    maps are kept.
+
+    Returns:
+        ``(maps (n, npix, npix) float64, mean, std)`` — mean and std in the files' units.
+
+    Raises:
+        ValueError: no files, a file that is not FITS, wrong shape, NaN/inf (the message names the file).
+    """
+    if not paths:
+        raise ValueError("no dust FITS files given: set separation.fields.dust.fits_files (paths or globs)")
+    maps = np.concatenate([_load_fits_maps(Path(p), npix) for p in paths])
+    mean, std = float(maps.mean()), float(maps.std())
+    if std == 0:
+        raise ValueError(f"dust maps in {list(map(str, paths))} are constant; nothing to separate")
+    return (maps - mean) / std, mean, std

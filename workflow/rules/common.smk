@@ -1,0 +1,65 @@
+# Configuration checks and the small helpers the rule files share.
+# Logic lives in src/simobs; keep this file short.
+
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# Let the workflow find the library even where it is not installed (e.g. a fresh clone
+# on a cluster login node); rule environments install it from envs/*.yaml.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from simobs.config import ConfigError, check_sources, explain_schema_errors  # noqa: E402
+
+SCHEMA = Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+
+try:
+    validate(config, str(SCHEMA))
+except WorkflowError:
+    raise WorkflowError(explain_schema_errors(config, yaml.safe_load(SCHEMA.read_text())) or "invalid config")
+try:
+    check_sources(config)
+except ConfigError as exc:
+    raise WorkflowError(f"Invalid configuration: {exc}")
+
+SOURCES = {s["name"]: s for s in config["sources"]}
+OBSERVATIONS = [n for n, s in SOURCES.items() if s["kind"] == "observation"]
+SIMULATIONS = [n for n, s in SOURCES.items() if s["kind"] == "simulation"]
+DEMO_SOURCES = [n for n, s in SOURCES.items() if s.get("demo_model")]
+
+# Final targets; each stage's rule file extends this list.
+TARGETS = []
+
+CPU_ENV = "../../envs/simobs-cpu.yaml"
+GPU_ENV = "../../envs/simobs-gpu.yaml"
+
+
+wildcard_constraints:
+    source="|".join(map(re.escape, SOURCES)) if SOURCES else "NONE",
+    shard=r"\d+",
+
+
+def source_seed(name):
+    """A stable per-source seed derived from the study seed."""
+    return (config["seed"] + zlib.crc32(name.encode())) % 2**31
+
+
+def n_shards(name):
+    return int(SOURCES[name].get("shards") or config["ingest"]["shards"])
+
+
+def start_tracking_invocation():
+    from simobs.tracking import start_invocation
+
+    start_invocation(config, repo=workflow.basedir)
+
+
+def end_tracking_invocation(success):
+    from simobs.tracking import end_invocation
+
+    end_invocation(config, success=success)
