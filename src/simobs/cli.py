@@ -1,0 +1,76 @@
+"""Command-line helpers around the workflow: ``python -m simobs.cli where|ui``.
+
+``where`` prints where a study's results are and how to open its dashboard;
+``ui`` starts the MLflow dashboard on 127.0.0.1 against the study's tracking store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simobs.tracking import TrackingSettings
+
+DEFAULT_CONFIG = Path("config/config.yaml")
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(configfiles: Sequence[str]) -> dict[str, Any]:
+    """The study config as Snakemake sees it: config/config.yaml, then each --configfile on top."""
+    config: dict[str, Any] = {}
+    for path in [DEFAULT_CONFIG, *map(Path, configfiles)]:
+        if path.exists():
+            _merge(config, yaml.safe_load(path.read_text()) or {})
+        elif path != DEFAULT_CONFIG:
+            raise SystemExit(f"config file {path} does not exist")
+    return config
+
+
+def ui_command(config: Mapping[str, Any], port: int) -> list[str]:
+    settings = TrackingSettings.from_config(config)
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.uri,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simobs.cli", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("where", "ui"):
+        p = sub.add_parser(name)
+        p.add_argument("--configfile", action="append", default=[], help="study config(s) layered on config/config.yaml")
+        p.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    config = load_config(args.configfile)
+    if args.command == "where":
+        settings = TrackingSettings.from_config(config)
+        print(f"\nStudy '{config.get('study')}' finished. Results are in {Path('results').resolve()}:")
+        for sub_dir in sorted(p.name for p in Path("results").iterdir() if p.is_dir()) if Path("results").exists() else []:
+            print(f"  results/{sub_dir}/")
+        print(f"MLflow store: {settings.uri} (experiment '{settings.experiment}')")
+        print("Open the dashboard with:\n  make ui        # http://127.0.0.1:5000")
+        print("  (or: " + " ".join(shlex.quote(c) for c in ui_command(config, args.port)) + ")")
+        return 0
+    cmd = ui_command(config, args.port)
+    print(f"MLflow dashboard for experiment '{TrackingSettings.from_config(config).experiment}' "
+          f"on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execv(cmd[0], cmd)
+    return 0  # unreachable
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Configuration checks: one clear message naming the key, before any job runs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from simobs.config import ConfigError, check_sources, explain_schema_errors
+from tests.conftest import REPO
+
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def test_shipped_config_is_valid():
+    assert explain_schema_errors(CONFIG, SCHEMA) is None
+    check_sources(CONFIG, base=REPO)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["sources"][0].__setitem__("shards", "two"), "sources[0].shards: 'two' should be of type integer"),
+        (lambda c: c["ingest"].__setitem__("on_bad_fle", "skip"), "ingest: Additional properties are not allowed"),
+        (lambda c: c["sources"][1].pop("kind"), "sources[1]: 'kind' is a required property"),
+        (lambda c: c["sources"][0].__setitem__("kind", "mock"), "sources[0].kind: 'mock' is not one of"),
+        (lambda c: c.pop("study"), "(top level): 'study' is a required property"),
+    ],
+)
+def test_schema_errors_name_the_key(edit, message):
+    config = copy.deepcopy(CONFIG)
+    edit(config)
+    text = explain_schema_errors(config, SCHEMA, "config/config.yaml")
+    assert text is not None and message in text
+
+
+def test_unknown_key_lists_the_allowed_ones():
+    config = copy.deepcopy(CONFIG)
+    config["ingest"]["on_bad_fle"] = "skip"
+    assert "allowed keys here: chunk_images, image_size, max_rejected_fraction" in explain_schema_errors(config, SCHEMA)
+
+
+def test_source_path_matching_nothing_is_named(tmp_path):
+    config = copy.deepcopy(CONFIG)
+    src = config["sources"][1]
+    src.pop("demo_model")
+    src["path"] = "data/nowhere/*.fits"
+    with pytest.raises(ConfigError, match=r"sources\[1\] \(fiducial\)\.path: 'data/nowhere/\*\.fits' matches no file"):
+        check_sources(config, base=tmp_path)
+
+
+def test_cross_source_checks():
+    config = copy.deepcopy(CONFIG)
+    config["sources"][2]["name"] = "fiducial"
+    with pytest.raises(ConfigError, match=r"name\(s\) \['fiducial'\] appear more than once"):
+        check_sources(config)
+    config = copy.deepcopy(CONFIG)
+    config["sources"][1].pop("galaxy_key")
+    with pytest.raises(ConfigError, match="galaxy_key: simulations need"):
+        check_sources(config)
+    config = copy.deepcopy(CONFIG)
+    config["sources"][3]["cube_band_order"] = ["i", "r"]
+    with pytest.raises(ConfigError, match=r"bands \['g'\] are not in cube_band_order"):
+        check_sources(config)

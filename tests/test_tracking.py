@@ -1,0 +1,117 @@
+"""MLflow tracking: one run per job with its tags, lineage, failures, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+
+from simobs.tracking import flatten, job_run, resolve_tracking_uri, start_invocation
+
+
+class Names(list):
+    """A tiny stand-in for Snakemake's Namedlist."""
+
+    def __init__(self, items=(), **named):
+        super().__init__([*items, *named.values()])
+        for k, v in named.items():
+            setattr(self, k, v)
+
+
+def fake_smk(tmp: Path, *, rule="ingest_merge", wildcards=None, inputs=(), config=None):
+    out = tmp / "out"
+    out.mkdir(exist_ok=True)
+    return SimpleNamespace(
+        rule=rule,
+        wildcards=dict(wildcards or {"source": "tng100"}),
+        input=Names(inputs),
+        output=Names(run_id=str(out / f"{rule}.run_id")),
+        params=SimpleNamespace(settings={"a": {"b": 1}, "c": [1, 2]}),
+        config=config or {"study": "t", "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"}},
+        log=[str(tmp / "job.log")],
+        scriptdir=str(Path(__file__).resolve().parent),
+    )
+
+
+def client(tmp: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+
+
+def test_job_run_tags_params_lineage_and_run_id_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    parent = tmp_path / "up.run_id"
+    parent.write_text("abc123\n")
+    data = tmp_path / "data.h5"
+    data.write_bytes(b"x" * 100)
+    smk = fake_smk(tmp_path, inputs=[str(parent), str(data)])
+    invocation = start_invocation(smk.config, argv=["snakemake", "--cores", "2"], repo=Path(__file__).parent)
+    with job_run(smk) as run:
+        run.log_metrics({"loss": 1.5}, step=3)
+        run.log_input_dataset(data, "images")
+    run_id = Path(smk.output.run_id).read_text().strip()
+    assert run_id == run.run_id
+    r = client(tmp_path).get_run(run_id)
+    tags = r.data.tags
+    assert r.info.run_name == "ingest_merge · tng100" and r.info.status == "FINISHED"
+    assert tags["simobs.rule"] == "ingest_merge" and json.loads(tags["simobs.wildcards"]) == {"source": "tng100"}
+    assert tags["slurm_job_id"] == "4242" and tags["simobs.parent_runs"] == "abc123"
+    assert tags["mlflow.parentRunId"] == invocation
+    assert len(tags["mlflow.source.git.commit"]) == 40 and tags["simobs.git_dirty"] in ("true", "false")
+    assert set(json.loads(tags["simobs.input_digests"])) == {str(parent), str(data)}
+    for key in ("simobs.config_digest", "host", "simobs.version"):
+        assert tags[key]
+    assert r.data.params == {"a.b": "1", "c": "[1, 2]"}
+    assert r.data.metrics == {"loss": 1.5}
+    assert r.inputs.dataset_inputs[0].dataset.name == "images"
+    assert "MLflow run" in (tmp_path / "job.log").read_text()
+
+
+def test_failed_job_is_marked_failed_and_writes_no_run_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    smk = fake_smk(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        with job_run(smk):
+            raise RuntimeError("boom")
+    assert not Path(smk.output.run_id).exists()
+    runs = client(tmp_path).search_runs([client(tmp_path).get_experiment_by_name("t").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "boom" in (tmp_path / "job.log").read_text()
+
+
+def _worker(args):
+    tmp, i = args
+    os.chdir(tmp)
+    smk = fake_smk(Path(tmp), rule=f"r{i}", wildcards={"i": str(i)})
+    with job_run(smk) as run:
+        for step in range(5):
+            run.log_metrics({"m": step}, step=step)
+    return run.run_id
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_do_not_fail_on_sqlite_locks(tmp_path):
+    # Create the store first, as the Snakefile's onstart does.
+    os.chdir(tmp_path)
+    start_invocation({"study": "t", "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    with mp.get_context("spawn").Pool(6) as pool:
+        ids = pool.map(_worker, [(str(tmp_path), i) for i in range(12)])
+    c = client(tmp_path)
+    assert len(set(ids)) == 12
+    assert all(c.get_run(i).info.status == "FINISHED" for i in ids)
+    assert all(len(c.get_metric_history(i, "m")) == 5 for i in ids)
+
+
+def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///results/x.db") == f"sqlite:///{tmp_path.resolve()}/results/x.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_flatten():
+    assert flatten({"a": {"b": {"c": 1}}, "d": "x", "e": None}) == {"a.b.c": "1", "d": "x", "e": "null"}

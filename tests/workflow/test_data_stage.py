@@ -1,0 +1,133 @@
+"""The data stage through Snakemake itself: demo universe, sharded ingestion, MLflow runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import REPO, TINY_CONFIG, copy_study, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+TINY = yaml.safe_load(TINY_CONFIG.read_text())
+CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
+SOURCES = [s["name"] for s in CONFIG["sources"]]
+
+
+def job_runs(workdir: Path):
+    c = MlflowClient(f"sqlite:///{workdir}/results/tracking/mlflow.db")
+    exp = c.get_experiment_by_name(TINY["study"])
+    return c, c.search_runs([exp.experiment_id], max_results=5000)
+
+
+def test_datasets_carry_their_provenance(tiny_study):
+    w = tiny_study.workdir
+    for name in SOURCES:
+        with h5py.File(w / f"results/datasets/{name}.h5") as h5:
+            kind = "observation" if name == "sdss_demo" else "simulation"
+            n = TINY["demo"]["n_observed"] if kind == "observation" else (
+                TINY["demo"]["n_galaxies_per_model"] * TINY["demo"]["n_projections"])
+            assert h5["images"].shape == (n, 3, 64, 64) and h5["images"].dtype == "float32"
+            assert h5.attrs["source"] == name and h5.attrs["kind"] == kind
+            assert json.loads(h5.attrs["bands"]) == ["g", "r", "i"]
+            assert json.loads(h5.attrs["normalisation"])["method"] == "asinh"
+            ids, gids = h5["ids"].asstr()[:], h5["galaxy_ids"].asstr()[:]
+            assert len(set(ids)) == n
+            if kind == "simulation":
+                assert len(set(gids)) == TINY["demo"]["n_galaxies_per_model"]
+                assert set(h5["projection_ids"][:]) == set(range(TINY["demo"]["n_projections"]))
+        manifest = pd.read_csv(w / f"results/datasets/{name}.rejected.tsv", sep="\t")
+        assert list(manifest.columns) == ["file", "code", "reason"] and manifest.empty
+    truth = pd.read_csv(w / "data/demo/sdss_demo/truth.csv")
+    assert (truth["model"] == CONFIG["demo"]["observed_from"]).all()
+
+
+def test_one_mlflow_run_per_job_with_its_tags(tiny_study):
+    w = tiny_study.workdir
+    counts = tiny_study.job_counts()
+    assert counts, "could not read Snakemake's job stats"
+    _, runs = job_runs(w)
+    jobs = [r for r in runs if r.data.tags.get("simobs.kind") == "job"]
+    invocations = [r for r in runs if r.data.tags.get("simobs.kind") == "invocation"]
+    expected = sum(n for rule, n in counts.items() if rule != "all")
+    assert len(jobs) == expected
+    assert len(invocations) == 1 and invocations[0].info.status == "FINISHED"
+    by_rule = pd.Series([r.data.tags["simobs.rule"] for r in jobs]).value_counts().to_dict()
+    assert {k: by_rule.get(k) for k in counts if k != "all"} == {k: v for k, v in counts.items() if k != "all"}
+    for r in jobs:
+        t = r.data.tags
+        assert r.info.status == "FINISHED"
+        assert t["mlflow.parentRunId"] == invocations[0].info.run_id
+        assert len(t["mlflow.source.git.commit"]) == 40 and t["simobs.git_dirty"] in ("true", "false")
+        for key in ("simobs.config_digest", "simobs.input_digests", "host", "simobs.version", "simobs.wildcards"):
+            assert key in t
+    merges = {r.data.tags["wildcard.source"]: r for r in jobs if r.data.tags["simobs.rule"] == "ingest_merge"}
+    assert set(merges) == set(SOURCES)
+    m = merges["sdss_demo"]
+    assert m.data.metrics["n_images"] == TINY["demo"]["n_observed"]
+    assert len(m.data.tags["simobs.parent_runs"].split(",")) == TINY["ingest"]["shards"]
+    assert m.inputs.dataset_inputs and m.inputs.dataset_inputs[0].dataset.digest
+
+
+def test_dry_run_after_success_has_nothing_to_do(tiny_study):
+    res = run_snakemake(tiny_study.workdir, "-n")
+    assert res.returncode == 0 and "Nothing to be done" in res.output
+
+
+@pytest.fixture(scope="module")
+def corrupted(tiny_study, tmp_path_factory):
+    """A copy of the tiny study with one observed FITS file truncated."""
+    work = copy_study(tiny_study.workdir, tmp_path_factory.mktemp("corrupt") / "study")
+    victim = sorted((work / "data/demo/sdss_demo").glob("*.fits"))[7]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[:1000])
+    return work, victim
+
+
+def test_corrupt_file_under_skip_is_listed_in_the_manifest(corrupted):
+    work, victim = corrupted
+    res = run_snakemake(work, "--forcerun", "index_source", "--until", "ingest_merge")
+    assert res.returncode == 0, res.output[-3000:]
+    manifest = pd.read_csv(work / "results/datasets/sdss_demo.rejected.tsv", sep="\t")
+    assert manifest["file"].tolist() == [f"data/demo/sdss_demo/{victim.name}"]
+    assert manifest["code"][0] in ("unreadable", "missing_band")
+    with h5py.File(work / "results/datasets/sdss_demo.h5") as h5:
+        assert h5["images"].shape[0] == TINY["demo"]["n_observed"] - 1
+        assert h5.attrs["n_rejected"] == 1
+    _, runs = job_runs(work)
+    latest = max((r for r in runs if r.data.tags.get("simobs.rule") == "ingest_merge"
+                  and r.data.tags.get("wildcard.source") == "sdss_demo"), key=lambda r: r.info.start_time)
+    assert latest.data.metrics["n_rejected"] == 1
+
+
+def test_corrupt_file_under_fail_stops_the_job_naming_it(corrupted, tmp_path):
+    work, victim = corrupted
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("ingest:\n  on_bad_file: fail\n")
+    res = run_snakemake(work, "--forcerun", "index_source", "--until", "ingest_merge",
+                        configfiles=(TINY_CONFIG, strict))
+    assert res.returncode != 0
+    assert f"{victim.name} rejected: " in res.output or victim.name in _logs(work)
+    # The shard holding the bad file (file 7 of 200 is in shard 0) left nothing behind,
+    # not even a temporary file.
+    shard_dir = work / "results/datasets/shards/sdss_demo"
+    assert not (shard_dir / "0.h5").exists() and not list(shard_dir.glob(".0.h5*"))
+
+
+def _logs(work: Path) -> str:
+    return "\n".join(p.read_text() for p in (work / "results/logs/ingest_shard").glob("sdss_demo.*.log"))
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest:\n  shards: two\n")
+    res = run_snakemake(tmp_path, "-n", configfiles=(TINY_CONFIG, bad))
+    assert res.returncode != 0
+    assert "ingest.shards: 'two' should be of type integer" in res.output
+    assert not (tmp_path / "results").exists()
