@@ -1,1 +1,154 @@
-# Rules of this stage are added by its issue; see docs/contracts.md.
+# Model comparison (Zhou et al. 2025): UMAP projection, simulation classifier (trained
+# on the simulations only, calibrated on held-out simulations), posterior model
+# probabilities of the observed galaxies, and misspecification diagnostics.
+# Logic: src/simobs/comparison and src/simobs/misspecification.
+
+TARGETS.extend(
+    [
+        "results/projection/umap.csv",
+        "results/classifier/metrics.json",
+        "results/model_posterior/aggregate.csv",
+        "results/misspecification/summary.csv",
+    ]
+)
+
+
+rule project:
+    input:
+        embeddings=expand("results/embeddings/{source}.h5", source=SOURCES),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=SOURCES),
+    output:
+        table="results/projection/umap.csv",
+        figure_all=report("results/projection/umap_all.png", category="Projection"),
+        figure_panels=report(
+            "results/projection/umap_panels.png", category="Projection"
+        ),
+        run_id="results/projection/project.run_id",
+    log:
+        "results/logs/project.log",
+    benchmark:
+        "results/benchmarks/project.tsv"
+    params:
+        settings=config["projection"],
+        # study seed + the stage's offset: stages draw different random streams
+        seed=config["seed"] + config["projection"]["seed"],
+    threads: 1  # a seeded UMAP runs single-threaded (bit-identical reruns)
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        CPU_ENV
+    script:
+        "../scripts/project.py"
+
+
+rule train_classifier:
+    input:
+        embeddings=expand("results/embeddings/{source}.h5", source=SIMULATIONS),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=SIMULATIONS),
+        # the VAE decodes traversals of the latents the classifier uses most
+        embedding_model="results/embedding/model.pt",
+    output:
+        model="results/classifier/classifier.json",
+        predictions="results/classifier/heldout_predictions.csv",
+        metrics="results/classifier/metrics.json",
+        shap="results/classifier/shap_top_latents.csv",
+        reliability=report("results/classifier/reliability.png", category="Classifier"),
+        confusion=report("results/classifier/confusion.png", category="Classifier"),
+        shap_figure=report("results/classifier/shap_importance.png", category="Classifier"),
+        traversals=report("results/classifier/latent_traversals.png", category="Classifier"),
+        run_id="results/classifier/train_classifier.run_id",
+    log:
+        "results/logs/train_classifier.log",
+    benchmark:
+        "results/benchmarks/train_classifier.tsv"
+    params:
+        settings=config["classifier"],
+        seed=config["seed"] + config["classifier"]["seed"],
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        CPU_ENV
+    script:
+        "../scripts/train_classifier.py"
+
+
+rule model_posterior:
+    input:
+        embeddings=expand("results/embeddings/{source}.h5", source=OBSERVATIONS),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=OBSERVATIONS),
+        classifier="results/classifier/classifier.json",
+        predictions="results/classifier/heldout_predictions.csv",
+        classifier_run="results/classifier/train_classifier.run_id",
+    output:
+        per_galaxy="results/model_posterior/per_galaxy.csv",
+        aggregate="results/model_posterior/aggregate.csv",
+        bayes_factors="results/model_posterior/bayes_factors.csv",
+        figure_bars=report("results/model_posterior/posterior.png", category="Model posterior"),
+        figure_per_galaxy=report(
+            "results/model_posterior/per_galaxy.png", category="Model posterior"
+        ),
+        run_id="results/model_posterior/model_posterior.run_id",
+    log:
+        "results/logs/model_posterior.log",
+    params:
+        settings=config["model_posterior"],
+        # the OOD check that decides which galaxies count is the misspecification stage's
+        ood=config["misspecification"]["ood"],
+        seed=config["seed"] + config["model_posterior"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CPU_ENV
+    script:
+        "../scripts/model_posterior.py"
+
+
+rule misspecification:
+    input:
+        embeddings=expand("results/embeddings/{source}.h5", source=SOURCES),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=SOURCES),
+        datasets=expand("results/datasets/{source}.h5", source=SOURCES),
+        classifier="results/classifier/classifier.json",
+        predictions="results/classifier/heldout_predictions.csv",
+        classifier_run="results/classifier/train_classifier.run_id",
+    output:
+        scores="results/misspecification/scores.csv",
+        summary="results/misspecification/summary.csv",
+        mmd="results/misspecification/mmd_tests.csv",
+        verdict="results/misspecification/verdict.json",
+        figure_energy=report("results/misspecification/energy.png", category="Misspecification"),
+        figure_max_softmax=report(
+            "results/misspecification/max_softmax.png", category="Misspecification"
+        ),
+        figure_typicality=report(
+            "results/misspecification/typicality.png", category="Misspecification"
+        ),
+        figure_mmd=report("results/misspecification/mmd.png", category="Misspecification"),
+        gallery_observed=report(
+            "results/misspecification/gallery_observed.png", category="Misspecification"
+        ),
+        gallery_simulated=report(
+            "results/misspecification/gallery_simulated.png", category="Misspecification"
+        ),
+        run_id="results/misspecification/misspecification.run_id",
+    log:
+        "results/logs/misspecification.log",
+    benchmark:
+        "results/benchmarks/misspecification.tsv"
+    params:
+        settings=config["misspecification"],
+        seed=config["seed"] + config["misspecification"]["seed"],
+        sources=list(SOURCES),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CPU_ENV
+    script:
+        "../scripts/misspecification.py"

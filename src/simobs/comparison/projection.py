@@ -103,7 +103,7 @@ def project_embeddings(sets: Sequence[EmbeddingSet], settings: ProjectionSetting
     x_fit = np.concatenate([s.embedding[i] for s, i in zip(sets, fit_idx)])
     log.info("UMAP: fitting on %d rows (%s), transforming %d", len(x_fit), settings.fit_on, sum(len(s) for s in sets))
     reducer = umap.UMAP(n_neighbors=settings.n_neighbors, min_dist=settings.min_dist, metric=settings.metric,
-                        random_state=settings.seed, n_components=2)
+                        random_state=settings.seed, n_components=2, n_jobs=1)
     fit_coords = reducer.fit_transform(x_fit)
     frames, offset = [], 0
     for s, idx in zip(sets, fit_idx):

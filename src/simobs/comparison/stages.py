@@ -85,26 +85,29 @@ def run_projection(embedding_paths: Sequence[str | Path], outputs: Mapping[str, 
 
 
 # -- train_classifier ---------------------------------------------------------------------
+def _decode_traversals(embedding_model: str | Path, latents: list[int], steps: int, span: float) -> dict[int, np.ndarray]:
+    """Decoded traversals {latent: (S, B, H, W)} of the VAE, each latent moved across
+    ±``span`` times its spread over the training images (the embedding stage's
+    :func:`simobs.embedding.decode_latent_traversal`)."""
+    from simobs.embedding import decode_latent_traversal, load_model
+
+    model, _ = load_model(embedding_model)
+    images, _ = decode_latent_traversal(model, latents, n_steps=steps, n_sigma=span)
+    return {j: images[i] for i, j in enumerate(latents)}
+
+
 def _traversal_figure(top: pd.DataFrame, embedding_model: str | Path | None, n_latents: int, steps: int,
                       span: float, out: Path) -> Path | None:
-    """Decode traversals of the most important latents with the VAE, when the embedding
-    stage provides ``simobs.embedding.decode_latent_traversal``; returns None otherwise."""
+    """Traversal figure of the most important latents (None when no VAE model is given)."""
     if embedding_model is None:
-        return None
-    try:
-        from simobs.embedding import decode_latent_traversal, load_model
-    except ImportError:
-        log.warning("simobs.embedding.decode_latent_traversal is not available; no traversal figure")
         return None
     # latents ranked by their best rank over models, then by importance
     best = top.sort_values(["rank", "mean_abs_shap"], ascending=[True, False]).drop_duplicates("latent")
     latents = [int(j) for j in best["latent"].head(n_latents)]
-    model, _ = load_model(embedding_model)
-    values = np.linspace(-span, span, steps)
-    images = decode_latent_traversal(model, latents, values=values)
-    imgs = {j: np.asarray(images[i]) for i, j in enumerate(latents)}
+    imgs = _decode_traversals(embedding_model, latents, steps, span)
     used_by = {j: ", ".join(top.loc[top.latent == j, "model"]) for j in latents}
-    return save_figure(plots.plot_latent_traversals(imgs, list(values), {j: f"z{j}\n({used_by[j]})" for j in latents}), out)
+    values = list(np.linspace(-span, span, steps))  # in units of each latent's spread
+    return save_figure(plots.plot_latent_traversals(imgs, values, {j: f"z{j}\n({used_by[j]})" for j in latents}), out)
 
 
 def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping[str, str | Path],
@@ -115,7 +118,7 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     Outputs: ``model`` (classifier JSON), ``predictions`` (held-out predictions of every
     simulated image, CSV), ``metrics`` (JSON), ``shap`` (top latents CSV) and figures
     ``reliability``, ``confusion``, ``shap_figure``, ``traversals`` (a placeholder figure
-    if the VAE traversal decoder is unavailable).
+    when no embedding model is given).
     """
     sets = _read_all(embedding_paths)
     s = dict(settings)
@@ -158,7 +161,7 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     if trav is None:
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis("off")
-        ax.text(0.5, 0.5, "latent traversals unavailable (no VAE decoder)", ha="center", va="center", fontsize=8)
+        ax.text(0.5, 0.5, "latent traversals: no embedding model given", ha="center", va="center", fontsize=8)
         trav = save_figure(fig, outputs["traversals"])
     figs.append(trav)
     log.info("classifier: n_bins=%d, test accuracy %.3f, ECE %.4f", nb, res.report.accuracy, res.report.ece)

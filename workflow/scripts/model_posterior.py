@@ -1,0 +1,20 @@
+"""Rule model_posterior: posterior model probabilities per observed galaxy and per sample."""
+
+from simobs.comparison.stages import run_model_posterior
+from simobs.tracking import job_run
+
+with job_run(snakemake) as run:
+    result = run_model_posterior(
+        list(snakemake.input.embeddings),
+        snakemake.input.classifier,
+        snakemake.input.predictions,
+        dict(snakemake.output.items()),
+        snakemake.params.settings,
+        snakemake.params.ood,
+        seed=snakemake.params.seed,
+    )
+    run.log_metrics(result.metrics)
+    for name in ("aggregate", "bayes_factors", "per_galaxy"):
+        run.log_artifact(snakemake.output[name], "tables")
+    for fig in result.figures:
+        run.log_artifact(fig, "figures")
