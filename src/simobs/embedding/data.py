@@ -18,6 +18,7 @@ The reader depends on the raw HDF5 contract of docs/contracts.md only (dataset
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,18 @@ def _as_str(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _bands(value: object) -> tuple[str, ...]:
+    # The attr is a JSON list in a string (ingest_merge) or an HDF5 array of strings.
+    if isinstance(value, (bytes, str)):
+        text = _as_str(value)
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return (text,)
+        return tuple(str(b) for b in parsed) if isinstance(parsed, list) else (str(parsed),)
+    return tuple(_as_str(b) for b in np.atleast_1d(value))
+
+
 def read_source_info(path: str | Path) -> SourceInfo:
     """Read the shape and provenance of one image dataset.
 
@@ -98,7 +111,7 @@ def read_source_info(path: str | Path) -> SourceInfo:
             raise ValueError(f"{path}: 'images' has shape {images.shape}; expected (N, bands, H, W)")
         n = int(images.shape[0])
         chunk_rows = int(images.chunks[0]) if images.chunks is not None else max(n, 1)
-        bands = tuple(_as_str(b) for b in f.attrs.get("bands", ()))
+        bands = _bands(f.attrs.get("bands", ()))
         return SourceInfo(
             path=str(path),
             source=_as_str(f.attrs.get("source", path.stem)),

@@ -6,11 +6,22 @@ images on one GPU (raise ``batch_size`` and ``lr`` together there; the rest scal
 with the epoch, not with the number of images).
 
 Why ``k = 32`` of ``latent_dim = 512``: the paper's 512 latents; k sets how many
-features describe one galaxy.  Fewer than ~16 loses the fine structure (spiral arms,
-companions) and the reconstruction falls off sharply; more than ~64 makes each feature
-less specific (less interpretable, weaker SHAP attributions) and costs KL without
-improving the reconstruction of 64x64 images much.  32 is the middle of the plateau
-(see docs/embedding.md for the measurements).
+features describe one galaxy.  A 64x64 galaxy image has a few dozen degrees of freedom
+that matter for the comparison (position angle, axis ratio, size, profile shape,
+colour gradient, bulge/disc ratio, arms or clumps, companions, sky and noise
+structure); k must cover them, or the reconstruction, and with it the typicality
+score, degrades.  Much larger k spreads each feature over many units, which makes
+single latents (and the SHAP attributions of the comparison stage, which are read
+one latent at a time) less interpretable and costs KL.  k = 32 (1/16 of the latents)
+is the usual middle ground of k-sparse autoencoders (Makhzani & Frey 2013 use k/D of
+1/10 to 1/40).  At inference ``alpha`` may raise it (Gao et al. 2024).
+
+Dead latents: a unit outside every image's top k receives no gradient and can stay
+unused for ever.  Two remedies, both on by default: k starts at ``k_start`` and is
+annealed to ``k`` over ``k_anneal_epochs`` (every unit is trained early), and an
+auxiliary loss feeds the largest dead units of each image to the decoder to explain
+the residual (Gao et al. 2024, "AuxK").  The fraction of dead latents is a logged
+metric.
 """
 
 from __future__ import annotations
@@ -41,7 +52,8 @@ class EmbeddingSettings:
         max_width: Channel cap.
         beta: Width of the Gaussian decoder in normalised pixel units: the loss is
             ``SSE / (2 beta^2) + KL``.  Smaller values favour reconstruction over a
-            regular latent; about the noise level of the normalised images.
+            regular latent.  The default lies below the sky noise of asinh-normalised
+            SDSS-like images (~0.25), which keeps faint structure in the code.
         batch_size: Images per optimisation step.
         max_epochs: Upper bound on epochs.
         patience: Stop after this many epochs without a validation improvement of more
@@ -62,7 +74,8 @@ class EmbeddingSettings:
         val_fraction: Fraction of the observed images held out for validation.
         block_rows: Images per contiguous read (rounded up to whole HDF5 chunks).
         shuffle_buffer_blocks: Blocks mixed in memory for the within-buffer shuffle.
-        num_workers: DataLoader worker processes (0 reads in the training process).
+        num_workers: DataLoader worker processes; 0 reads in the training process,
+            -1 (auto) means 0 on the CPU and up to 4 on a GPU.
         seed: Seed of the initialisation, the split, the shuffle and the sampling.
         device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         mixed_precision: bf16 autocast on CUDA (ignored on CPU).
@@ -72,13 +85,13 @@ class EmbeddingSettings:
     latent_dim: int = 512
     k: int = 32
     alpha: float = 1.0
-    width: int = 32
+    width: int = 16
     depth: int = 4
-    max_width: int = 256
+    max_width: int = 128
     beta: float = 0.1
     batch_size: int = 64
-    max_epochs: int = 40
-    patience: int = 4
+    max_epochs: int = 15
+    patience: int = 3
     min_delta: float = 0.002
     lr: float = 2e-3
     lr_min_factor: float = 0.05
@@ -86,14 +99,14 @@ class EmbeddingSettings:
     weight_decay: float = 1e-4
     grad_clip: float = 5.0
     k_start: int = 256
-    k_anneal_epochs: float = 4.0
+    k_anneal_epochs: float = 3.0
     aux_k: int = 64
-    aux_coef: float = 1.0 / 32.0
-    dead_window_epochs: float = 0.5
+    aux_coef: float = 0.25
+    dead_window_epochs: float = 0.25
     val_fraction: float = 0.1
     block_rows: int = 64
     shuffle_buffer_blocks: int = 16
-    num_workers: int = 0
+    num_workers: int = -1
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
@@ -113,7 +126,7 @@ class EmbeddingSettings:
             (self.aux_k >= 0, "aux_k", "must be >= 0"),
             (self.k_anneal_epochs >= 0, "k_anneal_epochs", "must be >= 0"),
             (0 < self.val_fraction < 1, "val_fraction", "must lie in (0, 1)"),
-            (self.num_workers >= 0, "num_workers", "must be >= 0"),
+            (self.num_workers >= -1, "num_workers", "must be >= 0, or -1 for auto"),
         ]
         for ok, key, why in checks:
             if not ok:

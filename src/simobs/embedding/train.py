@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,38 @@ class TrainingResult:
     train_blocks: list[Block] = field(repr=False)
 
 
+class _LogLines:
+    """A text stream for tqdm that turns its carriage returns into new lines.
+
+    In a log file a bar redrawn with ``\r`` becomes one endless line; here every
+    redraw (at most one every ``mininterval`` seconds) is a line of its own.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        text = text.replace("\r", "\n")
+        while "\n\n" in text:
+            text = text.replace("\n\n", "\n")
+        if text.strip():
+            self._stream.write(text if text.endswith("\n") else text + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _num_workers(settings: EmbeddingSettings, device: torch.device) -> int:
+    # Auto (-1): in-process reading on the CPU, where the workers would compete with the
+    # model for the same cores; a few workers on a GPU node to keep the device fed.
+    if settings.num_workers >= 0:
+        return settings.num_workers
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` → the first CUDA device when there is one, else the CPU."""
     if spec == "auto":
@@ -139,14 +172,14 @@ def auxiliary_loss(model: KSparseVAE, x: Tensor, out: VAEOutput, dead: Tensor, a
         beta: Decoder width.
 
     Returns:
-        Scalar mean over the batch; zero when no latent is dead.
+        Scalar mean over the batch (the plain reconstruction term of the detached
+        active code when no latent is dead).
     """
-    n_dead = int(dead.sum())
-    if n_dead == 0 or aux_k == 0:
-        return x.new_zeros(())
+    # No host sync on the number of dead latents: a fixed-size top-k, and candidates
+    # that are not dead are zeroed by the mask afterwards.
     candidates = dead.unsqueeze(0) & (out.mask == 0)
     scores = out.mu.detach().abs().masked_fill(~candidates, -1.0)
-    idx = torch.topk(scores, min(aux_k, n_dead), dim=-1).indices
+    idx = torch.topk(scores, min(aux_k, scores.shape[-1]), dim=-1).indices
     aux_mask = torch.zeros_like(out.mu).scatter_(-1, idx, 1.0) * candidates
     z = out.z.detach() + out.mu * aux_mask
     x_aux = model.decode(z)
@@ -453,13 +486,19 @@ def train_embedding(
 
     stream = progress_file if progress_file is not None else sys.stderr
     interactive = hasattr(stream, "isatty") and stream.isatty()
+    if not interactive:
+        stream = _LogLines(stream)  # type: ignore[assignment]
+    num_workers = _num_workers(settings, device)
     anneal_end_epoch = math.ceil(settings.k_anneal_epochs)
 
     epoch = start_epoch
     while not finished and epoch < settings.max_epochs:
         model.train()
+        # Refreshed at each epoch start (and every 20 steps), so that a resumed run
+        # takes the same decisions as an uninterrupted one.
+        any_dead = bool((since_active > dead_window).any())
         train_ds.set_epoch(epoch)
-        loader = make_loader(train_ds, settings.num_workers, pin_memory=device.type == "cuda")
+        loader = make_loader(train_ds, num_workers, pin_memory=device.type == "cuda")
         sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, recon, kl, sse, aux
         used = torch.zeros(arch.latent_dim, device=device)
         n_seen = 0
@@ -478,14 +517,9 @@ def train_embedding(
                 terms = elbo_terms(x, out.x_hat, out.kl, settings.beta)
                 loss = terms["loss"].mean()
                 aux = x.new_zeros(())
-                if settings.aux_coef > 0 and settings.aux_k > 0:
+                if any_dead and settings.aux_coef > 0 and settings.aux_k > 0:
                     aux = auxiliary_loss(model, x, out, since_active > dead_window, settings.aux_k, settings.beta)
                     loss = loss + settings.aux_coef * aux
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"train_embedding: loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                    "lower embedding.lr or raise embedding.beta"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip > 0:
@@ -505,6 +539,15 @@ def train_embedding(
             )
             n_seen += batch
             k_sum += k_now * batch
+            if step % 20 == 0 or step == 1:
+                # One host sync every 20 steps, not every step: is any latent dead (the
+                # auxiliary loss costs a decoder pass), and is the loss still finite.
+                any_dead = bool((since_active > dead_window).any())
+                if not torch.isfinite(sums[0]):
+                    raise FloatingPointError(
+                        f"train_embedding: the loss became {sums[0].item()} in epoch {epoch + 1} (step {step}); "
+                        "lower embedding.lr or raise embedding.beta"
+                    )
             if show_progress and step % 20 == 0:
                 bar.set_postfix(
                     loss=f"{sums[0].item() / n_seen:.4g}", k=k_now,
@@ -517,7 +560,7 @@ def train_embedding(
         loss_m, recon_m, kl_m, sse_m, aux_m = (sums / max(n_seen, 1)).tolist()
         val = evaluate(
             model, val_blocks, arch.k, settings.beta, batch_size=max(settings.batch_size, 256), device=device,
-            settings=settings, num_workers=settings.num_workers,
+            settings=settings, num_workers=num_workers,
         )
         epoch += 1
         metrics = {

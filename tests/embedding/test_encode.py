@@ -1,0 +1,104 @@
+"""Encoding sources, latent traversals and the training figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from simobs.embedding.checkpoint import load_model
+from simobs.embedding.encode import embed_dataset
+from simobs.embedding.figures import write_training_figures
+from simobs.embedding.train import TrainingResult, train_embedding
+from simobs.embedding.traversal import decode_latent_traversal, most_used_latents
+from tests.embedding.conftest import tiny_settings, write_image_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainingResult]:
+    tmp = tmp_path_factory.mktemp("trained")
+    obs = write_image_dataset(tmp / "obs.h5", 80)
+    result = train_embedding(
+        [obs], tmp / "model.pt", tiny_settings(max_epochs=2, alpha=1.5), checkpoint_dir=tmp / "ckpt",
+        show_progress=False,
+    )
+    return tmp / "model.pt", result
+
+
+def test_embeddings_of_a_simulation_follow_the_contract(trained, tmp_path: Path) -> None:
+    model_path, _ = trained
+    sim = write_image_dataset(tmp_path / "tng.h5", 37, source="tng", kind="simulation", n_projections=4, seed=9)
+    out = tmp_path / "embeddings/tng.h5"
+    summary = embed_dataset(model_path, sim, out, batch_size=16, device="cpu")
+    assert summary.n_images == 37 and summary.k == 6  # round(1.5 * 4)
+    with h5py.File(out, "r") as f, h5py.File(sim, "r") as src:
+        emb = f["embedding"][...]
+        assert emb.dtype == np.float32 and emb.shape == (37, 32)
+        assert np.all((emb != 0).sum(axis=1) == 6)  # alpha * k active units per image
+        for name in ("recon_error", "elbo"):
+            assert f[name].dtype == np.float32 and f[name].shape == (37,)
+            assert np.all(np.isfinite(f[name][...]))
+        assert np.all(f["recon_error"][...] > 0)
+        for name in ("ids", "galaxy_ids"):
+            assert list(f[name].asstr()[...]) == list(src[name].asstr()[...])
+        assert np.array_equal(f["projection_ids"][...], src["projection_ids"][...])
+        assert f["projection_ids"].dtype == np.int32
+        assert f.attrs["source"] == "tng" and f.attrs["kind"] == "simulation"
+        assert (f.attrs["latent_dim"], f.attrs["k"], f.attrs["alpha"]) == (32, 4, 1.5)
+    # deterministic: encoding again gives the same numbers
+    again = tmp_path / "again.h5"
+    embed_dataset(model_path, sim, again, batch_size=7, device="cpu")
+    with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
+        np.testing.assert_allclose(a["embedding"][...], b["embedding"][...], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a["elbo"][...], b["elbo"][...], rtol=1e-5)
+
+
+def test_elbo_ranks_foreign_images_below_observed_ones(trained, tmp_path: Path) -> None:
+    model_path, _ = trained
+    obs = write_image_dataset(tmp_path / "obs2.h5", 40, seed=11)
+    noise = write_image_dataset(tmp_path / "noise.h5", 40, seed=12, source="noise", kind="simulation")
+    with h5py.File(noise, "r+") as f:  # a "simulation" that looks nothing like the observations
+        f["images"][...] = np.random.default_rng(0).normal(0, 1.0, f["images"].shape).astype(np.float32)
+    embed_dataset(model_path, obs, tmp_path / "e_obs.h5", device="cpu")
+    embed_dataset(model_path, noise, tmp_path / "e_noise.h5", device="cpu")
+    with h5py.File(tmp_path / "e_obs.h5") as a, h5py.File(tmp_path / "e_noise.h5") as b:
+        assert np.median(a["elbo"][...]) > np.median(b["elbo"][...])
+
+
+def test_encoding_refuses_images_of_another_shape(trained, tmp_path: Path) -> None:
+    model_path, _ = trained
+    wrong = write_image_dataset(tmp_path / "big.h5", 10, size=32)
+    with pytest.raises(ValueError, match="expects"):
+        embed_dataset(model_path, wrong, tmp_path / "out.h5", device="cpu")
+    assert not (tmp_path / "out.h5").exists()  # nothing half-written
+
+
+def test_latent_traversal_moves_one_latent_around_the_mean_code(trained) -> None:
+    model_path, _ = trained
+    model, _ = load_model(model_path)
+    top = most_used_latents(model, 3)
+    usage = model.latent_usage
+    assert usage[top[0]] >= usage[top[1]] >= usage[top[2]] and usage[top[0]] == usage.max()
+    images, offsets = decode_latent_traversal(model, top, n_steps=5, n_sigma=3.0)
+    assert images.shape == (3, 5, 3, 16, 16) and offsets.shape == (3, 5)
+    sigma = model.latent_std[top[0]].item()
+    np.testing.assert_allclose(offsets[0], np.linspace(-3, 3, 5) * sigma, rtol=1e-5)
+    with torch.no_grad():
+        centre = model.decode(model.latent_mean[None]).numpy()[0]
+    np.testing.assert_allclose(images[0, 2], centre, rtol=1e-4, atol=1e-5)  # middle step = mean code
+    assert not np.allclose(images[0, 0], images[0, -1])  # moving the latent changes the image
+    with pytest.raises(IndexError, match="99"):
+        decode_latent_traversal(model, [99])
+
+
+def test_training_figures_are_written(trained, tmp_path: Path) -> None:
+    model_path, result = trained
+    model, _ = load_model(model_path)
+    paths = write_training_figures(model, result.history, result.val_blocks, tmp_path / "figs", k=6,
+                                   n_examples=4, n_traversals=3)
+    assert set(paths) == {"loss_curves", "reconstructions", "latent_traversals"}
+    for path in paths.values():
+        assert path.stat().st_size > 5000 and path.read_bytes()[:4] == b"\x89PNG"
