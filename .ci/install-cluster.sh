@@ -38,7 +38,8 @@ if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     chmod +x /usr/sbin/policy-rc.d
     created_policy=1
 fi
-trap '[[ $created_policy -eq 1 ]] && rm -f /usr/sbin/policy-rc.d' EXIT
+cleanup() { if [[ $created_policy -eq 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
 
 echo "install-cluster: installing ${missing[*]}"
 apt-get update -qq
