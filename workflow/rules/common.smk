@@ -3,7 +3,6 @@
 
 import re
 import sys
-import zlib
 from pathlib import Path
 
 import yaml
@@ -14,7 +13,8 @@ from snakemake.utils import validate
 # on a cluster login node); rule environments install it from envs/*.yaml.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from simobs.config import ConfigError, check_sources, explain_schema_errors  # noqa: E402
+from simobs.config import ConfigError, check_sources, demo_source_settings, explain_schema_errors  # noqa: E402
+from simobs.data.ingest import files_fingerprint  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
 
@@ -42,11 +42,6 @@ GPU_ENV = "../../envs/simobs-gpu.yaml"
 wildcard_constraints:
     source="|".join(map(re.escape, SOURCES)) if SOURCES else "NONE",
     shard=r"\d+",
-
-
-def source_seed(name):
-    """A stable per-source seed derived from the study seed."""
-    return (config["seed"] + zlib.crc32(name.encode())) % 2**31
 
 
 def n_shards(name):

@@ -5,23 +5,10 @@
 TARGETS.extend(expand("results/datasets/{source}.h5", source=SOURCES))
 
 
-def raw_files_input(w):
-    """Generated sources depend on their generation job; real ones on nothing."""
-    return [f"data/demo/{w.source}"] if w.source in DEMO_SOURCES else []
-
-
-def raw_files_fingerprint(w):
-    """Changes when files are added to or removed from a real source (reruns its ingestion)."""
-    if w.source in DEMO_SOURCES:
-        return ""
-    from simobs.data.ingest import files_fingerprint
-
-    return files_fingerprint(SOURCES[w.source]["path"])
-
-
 rule index_source:
     input:
-        raw_files_input,
+        # generated (demo) sources depend on their generation job; real ones on nothing
+        lambda w: [f"data/demo/{w.source}"] if w.source in DEMO_SOURCES else [],
     output:
         index="results/datasets/index/{source}.files.txt",
         run_id="results/datasets/index/{source}.run_id",
@@ -29,7 +16,8 @@ rule index_source:
         "results/logs/index_source/{source}.log",
     params:
         pattern=lambda w: SOURCES[w.source]["path"],
-        fingerprint=raw_files_fingerprint,
+        # changes when files are added to or removed from a real source: reruns its ingestion
+        fingerprint=lambda w: "" if w.source in DEMO_SOURCES else files_fingerprint(SOURCES[w.source]["path"]),
     resources:
         mem_mb=1000,
         runtime=30,
