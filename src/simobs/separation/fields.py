@@ -6,8 +6,10 @@ orthonormal-FFT convention of :mod:`simobs.separation.spectra`.
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ __all__ = [
     "lognormal_dust",
     "gaussian_dust",
     "read_dust_fits",
+    "dust_fits_files",
 ]
 
 
@@ -99,11 +102,12 @@ def _load_fits_maps(path: Path, npix: int) -> np.ndarray:
             data = np.asarray(data, dtype=np.float64)
     except OSError as err:
         raise ValueError(f"{path}: not a readable FITS file ({err}); dust maps must be FITS images") from err
+    shape = data.shape
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[1:] != (npix, npix):
         raise ValueError(
-            f"{path}: dust map has shape {data.shape}, expected ({npix}, {npix}) or (n, {npix}, {npix}); "
+            f"{path}: dust map has shape {shape}, expected ({npix}, {npix}) or (n, {npix}, {npix}); "
             f"cut the maps to {npix}x{npix} or set separation.fields.npix to their size"
         )
     bad = ~np.isfinite(data)
@@ -136,3 +140,20 @@ def read_dust_fits(paths: Sequence[str | os.PathLike[str]], npix: int) -> tuple[
     if std == 0:
         raise ValueError(f"dust maps in {list(map(str, paths))} are constant; nothing to separate")
     return (maps - mean) / std, mean, std
+
+
+def dust_fits_files(dust: Mapping[str, Any]) -> list[str]:
+    """The FITS files of a dust config (``kind: fits``), globs expanded and sorted; ``[]`` for other kinds.
+
+    Raises:
+        ValueError: a pattern that matches no file (named in the message).
+    """
+    if dust.get("kind") != "fits":
+        return []
+    paths: list[str] = []
+    for pattern in dust.get("fits_files", []):
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise ValueError(f"dust FITS pattern {pattern!r} matches no file (separation.fields.dust.fits_files)")
+        paths.extend(matches)
+    return sorted(set(paths))

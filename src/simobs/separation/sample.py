@@ -6,9 +6,14 @@ returning ``E[η | z_t]`` (:class:`~simobs.separation.model.NoisePredictor`, or
 With ``Σ ∇log p_t = −η̂ / √(1−ᾱ)`` (see :mod:`simobs.separation.sde`):
 
 * reverse SDE  ``dz = [−½β z + β η̂/√(1−ᾱ)] dt + √β Σ^{1/2} dw̄``, Euler–Maruyama step
-  ``t → t−Δ``:  ``z ← z + βΔ (½ z − η̂/√(1−ᾱ)) + √(βΔ) Σ^{1/2} ξ``;
-* probability-flow ODE ``dz = [−½β z + ½β η̂/√(1−ᾱ)] dt`` (deterministic: one
-  estimate per observation, not posterior samples);
+  ``t → t−Δ`` with the linear part integrated exactly (``ΔB = ∫_{t−Δ}^{t} β``):
+  ``z ← e^{ΔB/2} z − 2 (e^{ΔB/2} − 1) η̂/√(1−ᾱ_t) + √(e^{ΔB} − 1) Σ^{1/2} ξ``.
+  To first order in Δ this is the plain Euler–Maruyama step
+  ``z + βΔ(½z − η̂/√(1−ᾱ)) + √(βΔ) Σ^{1/2} ξ``; the exact linear part keeps the modes
+  that carry no CMB (the damping tail) exact, where plain steps leave a bias of order
+  Δ times the dust amplitude, large against their tiny posterior width;
+* probability-flow ODE ``dz = [−½β z + ½β η̂/√(1−ᾱ)] dt``, same discretisation
+  (deterministic: one estimate per observation, not posterior samples);
 * one-step Tweedie mean ``x̂ = E[x | y] = y − σ η̂(z_{t*}, t*)``.
 
 Each observation has its own ``t*`` and the grid ``t_k = t*(1 − k/n)``, so a batch
@@ -43,7 +48,7 @@ def sample_posterior(
     method: str = "euler_maruyama",
     n_steps: int = 500,
     generator: torch.Generator | None = None,
-    time_power: float = 2.0,
+    time_power: float = 1.0,
 ) -> torch.Tensor:
     """Draw one posterior sample (or estimate) of the dust per row of ``y``.
 
@@ -58,6 +63,8 @@ def sample_posterior(
             (deterministic ODE from ``z_{t*}``) or ``"tweedie"`` (posterior mean in one step).
         n_steps: steps from ``t*`` to 0 (ignored by ``"tweedie"``).
         generator: torch generator for the Euler–Maruyama noise.
+        time_power: time grid ``t_k = t*(1 − k/n)^time_power``; 1 (uniform) is accurate
+            because the linear drift is integrated exactly; > 1 refines the steps near 0.
 
     Returns:
         Dust, shape ``(B, npix, npix)``; the CMB is ``(y − x) / σ``.
@@ -130,6 +137,7 @@ def separate_observations(
     batch_size: int = 32,
     method: str = "euler_maruyama",
     n_steps: int = 500,
+    time_power: float = 1.0,
     seed: int = 0,
     indices: Sequence[int] | None = None,
     credible_levels: Sequence[float] = (0.68, 0.95),
@@ -151,6 +159,7 @@ def separate_observations(
         batch_size: samples integrated together.
         method: see :func:`sample_posterior`.
         n_steps: reverse-time steps.
+        time_power: time grid ``t_k = t*(1 − k/n)^time_power`` (1: uniform).
         seed: base seed; observation ``indices[i]`` gets its own stream.
         indices: global indices of the observations (default ``0..n-1``), for seeding.
         credible_levels: central credible levels of the stored pixel-wise intervals.
@@ -186,7 +195,7 @@ def separate_observations(
             sig_b = torch.full((b,), float(sigmas[i]), dtype=dtype, device=device)
             draws.append(
                 sample_posterior(predictor, y_b, sig_b, schedule=schedule, noise=noise, method=method,
-                                 n_steps=n_steps, generator=gen).double().cpu().numpy()
+                                 n_steps=n_steps, generator=gen, time_power=time_power).double().cpu().numpy()
             )
         dust = np.concatenate(draws)
         sigma_i = float(sigmas[i])
@@ -194,7 +203,11 @@ def separate_observations(
         for comp, arr in (("dust", dust), ("cmb", cmb)):
             out[f"{comp}_mean"][i] = arr.mean(axis=0)
             out[f"{comp}_std"][i] = arr.std(axis=0, ddof=1) if len(arr) > 1 else 0.0
-            q = np.quantile(arr, np.concatenate([(1 - levels) / 2, (1 + levels) / 2]), axis=0)
+            # Weibull plotting positions p(S+1): the expected coverage of the interval between
+            # the chosen order statistics is then the nominal level (the default linear
+            # interpolation under-covers, ~0.90 for a 95 % interval from 16 samples).
+            # Needs S >= 2 / (1 − level) − 1 samples (39 for 95 %); fewer clip to min / max.
+            q = np.quantile(arr, np.concatenate([(1 - levels) / 2, (1 + levels) / 2]), axis=0, method="weibull")
             bounds[f"{comp}_lower"][i] = q[: len(levels)]
             bounds[f"{comp}_upper"][i] = q[len(levels):]
             saved[f"{comp}_samples"][i] = arr[:n_saved]

@@ -30,8 +30,24 @@ def _groups(channels: int) -> int:
     return math.gcd(channels, 8)
 
 
+class _CircularConv3(nn.Conv2d):
+    """3×3 convolution on a torus.
+
+    Pads by concatenating the opposite edges: the same result as
+    ``padding_mode="circular"``, whose slice-and-copy backward is ~3× slower on CPU.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 3, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[..., -1:, :], x, x[..., :1, :]], dim=-2)
+        x = torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+        return super().forward(x)
+
+
 def _conv3(c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="circular")
+    return _CircularConv3(c_in, c_out)
 
 
 class _ResBlock(nn.Module):

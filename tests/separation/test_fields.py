@@ -1,0 +1,79 @@
+"""Field generation (Gaussian, log-normal), flat-sky spectra and FITS dust-map validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from simobs.separation.fields import gaussian_random_field, lognormal_dust, power_law_power_2d, read_dust_fits
+from simobs.separation.spectra import cmb_power_2d, multipoles_on_grid, normalise_power, power_2d_from_cl
+
+
+def test_gaussian_random_field_power_and_variance() -> None:
+    power = power_law_power_2d(16, -2.0)
+    maps = gaussian_random_field(power, 3000, np.random.default_rng(0))
+    emp = (np.abs(np.fft.fft2(maps, norm="ortho")) ** 2).mean(axis=0)
+    keep = power > 0
+    assert abs((emp[keep] / power[keep]).mean() - 1) < 0.01
+    assert abs(maps.var() - 1) < 0.05 and np.isrealobj(maps)
+
+
+def test_lognormal_dust_is_standardised_and_skewed() -> None:
+    maps = lognormal_dust(400, 32, slope=-2.5, log_scatter=0.8, rng=np.random.default_rng(1))
+    assert abs(maps.mean()) < 0.05 and abs(maps.std() - 1) < 0.1
+    assert np.mean(maps**3) > 1.0  # heavy positive tail: not Gaussian
+    with pytest.raises(ValueError, match="log_scatter"):
+        lognormal_dust(1, 8, slope=-2.5, log_scatter=0.0, rng=np.random.default_rng(0))
+
+
+def test_flat_sky_power_from_cl() -> None:
+    npix, pix = 32, 10.0
+    ell_max = int(np.ceil(multipoles_on_grid(npix, pix).max())) + 1
+    cl = np.zeros(ell_max + 1)
+    cl[2:] = 1.0 / np.arange(2, ell_max + 1) ** 2
+    power = power_2d_from_cl(cl, npix, pix)
+    assert power[0, 0] == 0 and np.allclose(power, power.T) and np.all(power >= 0)
+    normed, scale = normalise_power(power)
+    assert np.isclose(normed.mean(), 1.0) and scale > 0
+    with pytest.raises(ValueError, match="higher lmax"):
+        power_2d_from_cl(cl[:100], npix, pix)
+
+
+def test_camb_cmb_power_is_normalised() -> None:
+    power, cl, var = cmb_power_2d(16, 30.0)
+    assert power.shape == (16, 16) and np.isclose(power.mean(), 1.0)
+    assert 2000 < cl[200] * 200 * 201 / (2 * np.pi) < 8000  # the first acoustic peak, ~5700 μK²
+    assert var > 0
+
+
+def _write(path, data) -> str:
+    fits.PrimaryHDU(data).writeto(path)
+    return str(path)
+
+
+def test_read_dust_fits_standardises(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    a = _write(tmp_path / "a.fits", 5 + 2 * rng.standard_normal((8, 8)))
+    b = _write(tmp_path / "b.fits", 5 + 2 * rng.standard_normal((3, 8, 8)))
+    maps, mean, std = read_dust_fits([a, b], 8)
+    assert maps.shape == (4, 8, 8)
+    assert abs(maps.mean()) < 1e-12 and abs(maps.std() - 1) < 1e-12 and 4 < mean < 6 and 1.5 < std < 2.5
+
+
+def test_read_dust_fits_names_the_bad_file(tmp_path) -> None:
+    good = _write(tmp_path / "good.fits", np.ones((8, 8)) + np.eye(8))
+    nan = np.ones((8, 8))
+    nan[2, 3] = np.nan
+    bad_nan = _write(tmp_path / "nan.fits", nan)
+    bad_shape = _write(tmp_path / "shape.fits", np.ones((8, 6)))
+    not_fits = tmp_path / "notfits.fits"
+    not_fits.write_text("hello")
+    with pytest.raises(ValueError, match=r"nan\.fits.*NaN/inf"):
+        read_dust_fits([good, bad_nan], 8)
+    with pytest.raises(ValueError, match=r"shape\.fits.*shape \(8, 6\)"):
+        read_dust_fits([good, bad_shape], 8)
+    with pytest.raises(ValueError, match=r"notfits\.fits.*FITS"):
+        read_dust_fits([good, str(not_fits)], 8)
+    with pytest.raises(ValueError, match="no dust FITS"):
+        read_dust_fits([], 8)
