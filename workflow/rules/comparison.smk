@@ -19,9 +19,17 @@ rule project:
         embedding_runs=expand("results/embeddings/{source}.run_id", source=SOURCES),
     output:
         table="results/projection/umap.csv",
-        figure_all=report("results/projection/umap_all.png", category="Projection"),
+        figure_all=report(
+            "results/projection/umap_all.png",
+            caption="../report/umap_all.rst",
+            category="2. Comparison",
+            subcategory="UMAP projection",
+        ),
         figure_panels=report(
-            "results/projection/umap_panels.png", category="Projection"
+            "results/projection/umap_panels.png",
+            caption="../report/umap_panels.rst",
+            category="2. Comparison",
+            subcategory="UMAP projection",
         ),
         run_id="results/projection/project.run_id",
     log:
@@ -53,10 +61,30 @@ rule train_classifier:
         predictions="results/classifier/heldout_predictions.csv",
         metrics="results/classifier/metrics.json",
         shap="results/classifier/shap_top_latents.csv",
-        reliability=report("results/classifier/reliability.png", category="Classifier"),
-        confusion=report("results/classifier/confusion.png", category="Classifier"),
-        shap_figure=report("results/classifier/shap_importance.png", category="Classifier"),
-        traversals=report("results/classifier/latent_traversals.png", category="Classifier"),
+        reliability=report(
+            "results/classifier/reliability.png",
+            caption="../report/reliability.rst",
+            category="2. Comparison",
+            subcategory="Simulation classifier",
+        ),
+        confusion=report(
+            "results/classifier/confusion.png",
+            caption="../report/confusion.rst",
+            category="2. Comparison",
+            subcategory="Simulation classifier",
+        ),
+        shap_figure=report(
+            "results/classifier/shap_importance.png",
+            caption="../report/shap_importance.rst",
+            category="2. Comparison",
+            subcategory="Simulation classifier",
+        ),
+        traversals=report(
+            "results/classifier/latent_traversals.png",
+            caption="../report/classifier_traversals.rst",
+            category="2. Comparison",
+            subcategory="Simulation classifier",
+        ),
         run_id="results/classifier/train_classifier.run_id",
     log:
         "results/logs/train_classifier.log",
@@ -86,9 +114,17 @@ rule model_posterior:
         per_galaxy="results/model_posterior/per_galaxy.csv",
         aggregate="results/model_posterior/aggregate.csv",
         bayes_factors="results/model_posterior/bayes_factors.csv",
-        figure_bars=report("results/model_posterior/posterior.png", category="Model posterior"),
+        figure_bars=report(
+            "results/model_posterior/posterior.png",
+            caption="../report/posterior.rst",
+            category="2. Comparison",
+            subcategory="Posterior model probabilities",
+        ),
         figure_per_galaxy=report(
-            "results/model_posterior/per_galaxy.png", category="Model posterior"
+            "results/model_posterior/per_galaxy.png",
+            caption="../report/per_galaxy.rst",
+            category="2. Comparison",
+            subcategory="Posterior model probabilities",
         ),
         run_id="results/model_posterior/model_posterior.run_id",
     log:
@@ -121,19 +157,41 @@ rule misspecification:
         summary="results/misspecification/summary.csv",
         mmd="results/misspecification/mmd_tests.csv",
         verdict="results/misspecification/verdict.json",
-        figure_energy=report("results/misspecification/energy.png", category="Misspecification"),
+        figure_energy=report(
+            "results/misspecification/energy.png",
+            caption="../report/energy.rst",
+            category="2. Comparison",
+            subcategory="Misspecification",
+        ),
         figure_max_softmax=report(
-            "results/misspecification/max_softmax.png", category="Misspecification"
+            "results/misspecification/max_softmax.png",
+            caption="../report/max_softmax.rst",
+            category="2. Comparison",
+            subcategory="Misspecification",
         ),
         figure_typicality=report(
-            "results/misspecification/typicality.png", category="Misspecification"
+            "results/misspecification/typicality.png",
+            caption="../report/typicality.rst",
+            category="2. Comparison",
+            subcategory="Misspecification",
         ),
-        figure_mmd=report("results/misspecification/mmd.png", category="Misspecification"),
+        figure_mmd=report(
+            "results/misspecification/mmd.png",
+            caption="../report/mmd.rst",
+            category="2. Comparison",
+            subcategory="Misspecification",
+        ),
         gallery_observed=report(
-            "results/misspecification/gallery_observed.png", category="Misspecification"
+            "results/misspecification/gallery_observed.png",
+            caption="../report/gallery_observed.rst",
+            category="2. Comparison",
+            subcategory="Misspecification",
         ),
         gallery_simulated=report(
-            "results/misspecification/gallery_simulated.png", category="Misspecification"
+            "results/misspecification/gallery_simulated.png",
+            caption="../report/gallery_simulated.rst",
+            category="2. Comparison",
+            subcategory="Misspecification",
         ),
         run_id="results/misspecification/misspecification.run_id",
     log:
