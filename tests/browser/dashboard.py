@@ -119,7 +119,7 @@ def start_dashboard(workdir: Path, configfiles: Sequence[str | Path], log_path: 
     """
     from mlflow import MlflowClient
 
-    from simobs.cli import load_config, ui_command
+    from simobs.cli import UI_ENV, load_config, ui_command
     from simobs.tracking import TrackingSettings
 
     port = port or free_port()
@@ -128,14 +128,13 @@ def start_dashboard(workdir: Path, configfiles: Sequence[str | Path], log_path: 
     try:
         config = load_config([str(Path(old, c)) for c in configfiles])
         settings = TrackingSettings.from_config(config)
-        cmd = [*ui_command(config, port), "--workers", "1"]
+        cmd = ui_command(config, port)
     finally:
         os.chdir(old)
     experiment = MlflowClient(tracking_uri=settings.uri).get_experiment_by_name(settings.experiment)
     if experiment is None:
         raise RuntimeError(f"no experiment {settings.experiment!r} in {settings.uri}: has the study run in {workdir}?")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
+    env = {**os.environ, **UI_ENV}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         # own process group: the server's worker processes are stopped with it

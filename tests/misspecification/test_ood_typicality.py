@@ -45,3 +45,28 @@ def test_typical_set_directions():
     assert atypical_mask(np.array([np.nan]), thr, "recon_error")[0]  # a failed reconstruction is atypical
     with pytest.raises(ValueError, match="statistic"):
         typical_set_threshold(obs, "kl")
+
+
+def test_weighted_threshold_matches_the_chosen_models_quantile():
+    from simobs.misspecification.ood import ood_threshold
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 4000), rng.normal(3, 1, 4000)
+    scores = np.concatenate([a, b])
+    only_a = ood_threshold(scores, 0.95, weights=np.r_[np.ones(4000), np.zeros(4000)])
+    assert only_a == pytest.approx(np.quantile(a, 0.95), abs=0.05)
+    pooled = ood_threshold(scores, 0.95)
+    assert pooled > only_a + 1.0  # pooling with a noisier model moves the threshold a lot
+
+
+def test_posterior_reference_concentrates_on_the_model_the_sample_favours():
+    from simobs.misspecification.ood import reference_model_weights
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1, (300, 3))
+    logits[:, 1] += 0.3  # every galaxy mildly favours model 1
+    w = reference_model_weights(logits, 3, "posterior")
+    assert w.sum() == pytest.approx(1.0) and w[1] > 0.99
+    np.testing.assert_allclose(reference_model_weights(logits, 3, "pooled"), [1 / 3] * 3)
+    with pytest.raises(ValueError, match="unknown OOD reference"):
+        reference_model_weights(logits, 3, "nearest")

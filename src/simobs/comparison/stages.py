@@ -26,7 +26,7 @@ from simobs.comparison.posterior import bootstrap_aggregate, normalise_prior, po
 from simobs.comparison.projection import ProjectionSettings, project_embeddings
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
 from simobs.io import atomic_path
-from simobs.misspecification.ood import flag_ood, ood_score, threshold_from_predictions
+from simobs.misspecification.ood import flag_ood, observation_threshold, ood_score
 
 __all__ = ["StageOutput", "save_figure", "write_table", "run_projection", "run_train_classifier", "run_model_posterior"]
 
@@ -194,12 +194,15 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
             raise ValueError(f"model_posterior.prior lacks a weight for {missing}; give one per simulation: {names}")
         prior = normalise_prior([prior_cfg[n] for n in names], len(names))
     method, tpr = ood_settings.get("score", "energy"), float(ood_settings.get("tpr", 0.95))
-    threshold = threshold_from_predictions(pd.read_csv(predictions_path), names, method, tpr)
+    reference = ood_settings.get("reference", "posterior")
+    predictions = pd.read_csv(predictions_path)
     interval = float(settings.get("interval", 0.68))
-    per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {"ood_threshold": threshold}, []
+    per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {}, []
     for i, e in enumerate(sets):
         z = clf.logits(e.embedding)
         probs = posterior_model_probabilities(z, prior)
+        threshold = observation_threshold(predictions, names, z, method, tpr, reference)
+        metrics[f"{e.source}_ood_threshold"] = threshold
         flagged = flag_ood(ood_score(z, method), threshold)
         t = pd.DataFrame({"source": e.source, "id": e.ids, "ood_flagged": flagged})
         for k, n in enumerate(names):

@@ -10,6 +10,17 @@ Convention: every score here is *larger for more atypical* galaxies.
 The threshold is set on held-out simulations (in-distribution by construction) so that
 a chosen fraction of them (the true-positive rate, e.g. 95 %) pass; the fraction of
 observed galaxies above it is then compared with the nominal 1 - TPR.
+
+Which held-out simulations?  The simulation models differ in how confidently the
+classifier recognises them (a model "in the middle" of the others gets higher energies),
+so one threshold pooled over all models flags more than 1 - TPR of the galaxies of some
+models and fewer of others.  With ``reference="posterior"`` (the default) the held-out
+galaxies of each model are weighted by the aggregate posterior probability of that model
+given the observed sample: the threshold is then the TPR quantile of the score under the
+posterior predictive distribution of the simulations.  When one simulation is right
+(well-specified case) the posterior concentrates on it and the observed flagged fraction
+is nominal; when none is, the observations are atypical of every model and more than
+1 - TPR of them are flagged.  ``reference="pooled"`` weights every model equally.
 """
 
 from __future__ import annotations
@@ -18,7 +29,19 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp, softmax
 
-__all__ = ["energy_score", "max_softmax_score", "ood_score", "ood_threshold", "flag_ood", "flagged_fraction", "threshold_from_predictions"]
+__all__ = [
+    "energy_score",
+    "max_softmax_score",
+    "ood_score",
+    "ood_threshold",
+    "flag_ood",
+    "flagged_fraction",
+    "threshold_from_predictions",
+    "reference_model_weights",
+    "observation_threshold",
+]
+
+HELD_OUT_SPLITS = ("validation", "test")
 
 
 def _logits(logits: np.ndarray) -> np.ndarray:
@@ -47,19 +70,27 @@ def ood_score(logits: np.ndarray, method: str = "energy") -> np.ndarray:
     raise ValueError(f"unknown OOD score {method!r}; choose 'energy' or 'max_softmax'")
 
 
-def ood_threshold(in_distribution_scores: np.ndarray, tpr: float = 0.95) -> float:
-    """Score below or at which a fraction ``tpr`` of in-distribution galaxies lie.
+def ood_threshold(in_distribution_scores: np.ndarray, tpr: float = 0.95, weights: np.ndarray | None = None) -> float:
+    """Score below or at which a (weighted) fraction ``tpr`` of in-distribution galaxies lie.
 
     Args:
         in_distribution_scores: (M,) scores of held-out simulated galaxies.
         tpr: true-positive rate in (0, 1]: fraction of in-distribution galaxies kept.
+        weights: optional (M,) non-negative weights (e.g. per-model reweighting).
     """
     s = np.asarray(in_distribution_scores, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
         raise ValueError("need a non-empty 1-D array of held-out simulation scores to set the OOD threshold")
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"OOD true-positive rate must be in (0, 1], got {tpr}")
-    return float(np.quantile(s, tpr, method="higher"))
+    if weights is None:
+        return float(np.quantile(s, tpr, method="higher"))
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != s.shape or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be non-negative, not all zero, and match the scores' shape")
+    order = np.argsort(s)
+    cdf = np.cumsum(w[order]) / w.sum()
+    return float(s[order][min(np.searchsorted(cdf, tpr - 1e-12), s.size - 1)])
 
 
 def flag_ood(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -73,22 +104,63 @@ def flagged_fraction(scores: np.ndarray, threshold: float) -> float:
     return float(np.mean(flag_ood(s, threshold))) if s.size else float("nan")
 
 
+def reference_model_weights(observed_logits: np.ndarray | None, n_models: int, reference: str = "posterior") -> np.ndarray:
+    """Weights of the simulation models in the OOD reference distribution, (K,), summing to 1.
+
+    Args:
+        observed_logits: (N, K) calibrated logits of the observed galaxies (needed for
+            ``posterior``), the classifier being trained with balanced classes so that
+            softmax(logits) is the per-galaxy posterior under equal priors.
+        n_models: K.
+        reference: ``posterior`` (aggregate posterior model probabilities of the whole
+            observed sample, i.i.d. galaxies, equal priors) or ``pooled`` (equal weights).
+    """
+    if reference == "pooled" or observed_logits is None or len(observed_logits) == 0:
+        return np.full(n_models, 1.0 / n_models)
+    if reference != "posterior":
+        raise ValueError(f"unknown OOD reference {reference!r}; choose 'posterior' or 'pooled'")
+    from scipy.special import log_softmax
+
+    log_post = log_softmax(_logits(observed_logits), axis=1).sum(axis=0)
+    return np.exp(log_post - logsumexp(log_post))
+
+
 def threshold_from_predictions(predictions: pd.DataFrame, class_names: list[str], method: str = "energy",
-                               tpr: float = 0.95, split: str = "test") -> float:
+                               tpr: float = 0.95, splits: tuple[str, ...] = HELD_OUT_SPLITS,
+                               model_weights: np.ndarray | None = None) -> float:
     """OOD threshold from the classifier's held-out predictions table.
 
     Args:
-        predictions: the ``train_classifier`` table with columns ``split`` and
+        predictions: the ``train_classifier`` table with columns ``split``, ``label`` and
             ``logit_<model>`` (calibrated logits).
         class_names: model names in the classifier's order.
         method: "energy" or "max_softmax".
         tpr: fraction of held-out simulated galaxies that must pass.
-        split: which held-out split sets the threshold (the test split: neither the trees
-            nor the temperature were fitted on it).
+        splits: which held-out splits set the threshold (galaxies the trees never saw).
+        model_weights: (K,) weight of each model in the reference distribution (see
+            :func:`reference_model_weights`); None weighs every model equally.
     """
     cols = [f"logit_{n}" for n in class_names]
-    missing = [c for c in cols + ["split"] if c not in predictions.columns]
+    missing = [c for c in [*cols, "split", "label"] if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions table lacks columns {missing}; rerun rule `train_classifier`")
-    held = predictions.loc[predictions["split"] == split, cols].to_numpy()
-    return ood_threshold(ood_score(held, method), tpr)
+    held = predictions.loc[predictions["split"].isin(splits)]
+    if held.empty:
+        raise ValueError(f"the predictions table has no rows of splits {list(splits)}; rerun rule `train_classifier`")
+    labels = held["label"].to_numpy().astype(int)
+    k = len(class_names)
+    w_model = np.full(k, 1.0 / k) if model_weights is None else np.asarray(model_weights, dtype=np.float64)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    per_galaxy = w_model[labels] / np.maximum(counts[labels], 1.0)
+    return ood_threshold(ood_score(held[cols].to_numpy(), method), tpr, weights=per_galaxy)
+
+
+def observation_threshold(predictions: pd.DataFrame, class_names: list[str], observed_logits: np.ndarray,
+                          method: str = "energy", tpr: float = 0.95, reference: str = "posterior") -> float:
+    """The OOD threshold for one observed sample (see the module docstring on ``reference``).
+
+    The model-posterior and misspecification stages both call this, so that they flag the
+    same galaxies.
+    """
+    weights = reference_model_weights(observed_logits, len(class_names), reference)
+    return threshold_from_predictions(predictions, class_names, method, tpr, model_weights=weights)

@@ -32,7 +32,14 @@ from simobs.comparison.stages import StageOutput, _read_all, save_figure, write_
 from simobs.io import atomic_path
 from simobs.misspecification import plots
 from simobs.misspecification.mmd import mmd_permutation_test, one_per_group
-from simobs.misspecification.ood import energy_score, flag_ood, max_softmax_score, threshold_from_predictions
+from simobs.misspecification.ood import (
+    energy_score,
+    HELD_OUT_SPLITS,
+    flag_ood,
+    max_softmax_score,
+    observation_threshold,
+    threshold_from_predictions,
+)
 from simobs.misspecification.typicality import atypical_mask, typical_set_threshold
 
 __all__ = ["run_misspecification"]
@@ -76,7 +83,15 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     ood_cfg, typ_cfg, mmd_cfg = settings.get("ood", {}), settings.get("typicality", {}), settings.get("mmd", {})
     method, tpr = ood_cfg.get("score", "energy"), float(ood_cfg.get("tpr", 0.95))
     predictions = pd.read_csv(predictions_path)
+    reference = ood_cfg.get("reference", "posterior")
+    # Simulations are compared with the pooled held-out simulations; each observed sample
+    # with the held-out simulations weighted by its posterior model probabilities.
     thr = {m: threshold_from_predictions(predictions, clf.class_names, m, tpr) for m in ("energy", "max_softmax")}
+    thresholds = {e.source: thr for e in sim_sets}
+    for o in obs_sets:
+        z = clf.logits(o.embedding)
+        thresholds[o.source] = {m: observation_threshold(predictions, clf.class_names, z, m, tpr, reference)
+                                for m in ("energy", "max_softmax")}
     stat, q = typ_cfg.get("statistic", "recon_error"), float(typ_cfg.get("quantile", 0.99))
     typ_thr = typical_set_threshold(np.concatenate([e.recon_error if stat == "recon_error" else e.elbo for e in obs_sets]),
                                     stat, q)
@@ -87,19 +102,22 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
         z = clf.logits(e.embedding)
         en, ms = energy_score(z), max_softmax_score(z)
         values = e.recon_error if stat == "recon_error" else e.elbo
+        t = thresholds[e.source]
         frames.append(pd.DataFrame({
             "source": e.source, "kind": e.kind, "id": e.ids, "galaxy_id": e.galaxy_ids, "energy": en, "max_softmax": ms,
-            "ood_flagged": flag_ood(en if method == "energy" else ms, thr[method]),
+            "flagged_energy": flag_ood(en, t["energy"]), "flagged_max_softmax": flag_ood(ms, t["max_softmax"]),
+            "ood_flagged": flag_ood(en if method == "energy" else ms, t[method]),
             "recon_error": e.recon_error, "elbo": e.elbo, "atypical": atypical_mask(values, typ_thr, stat)}))
     scores = pd.concat(frames, ignore_index=True)
     # held-out simulations are the in-distribution reference: mark them
-    test_ids = set(zip(predictions.loc[predictions.split == "test", "source"], predictions.loc[predictions.split == "test", "id"].astype(str)))
+    held = predictions[predictions.split.isin(HELD_OUT_SPLITS)]
+    test_ids = set(zip(held["source"], held["id"].astype(str)))
     scores["heldout_test"] = [(s, str(i)) in test_ids for s, i in zip(scores.source, scores.id)]
 
     summary = scores.groupby(["source", "kind"], sort=False).agg(
         n=("id", "size"),
-        flagged_fraction_energy=("energy", lambda v: float(np.mean(v > thr["energy"]))),
-        flagged_fraction_max_softmax=("max_softmax", lambda v: float(np.mean(v > thr["max_softmax"]))),
+        flagged_fraction_energy=("flagged_energy", "mean"),
+        flagged_fraction_max_softmax=("flagged_max_softmax", "mean"),
         atypical_fraction=("atypical", "mean")).reset_index()
     summary["nominal_flagged_fraction"] = 1.0 - tpr
 
@@ -122,6 +140,8 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     verdict = {}
     metrics: dict[str, float] = {"ood_threshold_energy": thr["energy"], "ood_threshold_max_softmax": thr["max_softmax"],
                                  "typical_set_threshold": typ_thr}
+    for o in obs_sets:
+        metrics.update({f"{o.source}_ood_threshold_{m}": v for m, v in thresholds[o.source].items()})
     for o in obs_sets:
         m = mmd[mmd.observations == o.source]
         consistent = m.loc[~m.rejected, "simulation"].tolist()
@@ -156,13 +176,14 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     # held-out simulated galaxies only: the training split would look more in-distribution than it is
     ref = {s: (g[g.heldout_test] if (g.kind == "simulation").all() else g) for s, g in by_source.items()}
     n_gal = int(settings.get("gallery", {}).get("n_images", 16))
+    thr_obs = thresholds[obs_sets[0].source]  # the line drawn: the (first) observed sample's threshold
     figs = [
-        save_figure(plots.plot_score_histograms({s: g["energy"].to_numpy() for s, g in ref.items()}, thr["energy"],
+        save_figure(plots.plot_score_histograms({s: g["energy"].to_numpy() for s, g in ref.items()}, thr_obs["energy"],
                                                 "energy score (higher = less like any simulation)",
-                                                "Energy OOD score (simulations: held-out test split)"),
+                                                "Energy OOD score (simulations: held-out splits)"),
                     outputs["figure_energy"]),
         save_figure(plots.plot_score_histograms({s: g["max_softmax"].to_numpy() for s, g in ref.items()},
-                                                thr["max_softmax"], "1 - max softmax", "Max-softmax OOD score"),
+                                                thr_obs["max_softmax"], "1 - max softmax", "Max-softmax OOD score"),
                     outputs["figure_max_softmax"]),
         save_figure(plots.plot_score_histograms({s: g[stat].to_numpy() for s, g in by_source.items()}, typ_thr, stat,
                                                 "VAE typicality (boundary: observed quantile)", log_x=stat == "recon_error"),
