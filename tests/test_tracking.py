@@ -115,3 +115,13 @@ def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
 
 def test_flatten():
     assert flatten({"a": {"b": {"c": 1}}, "d": "x", "e": None}) == {"a.b.c": "1", "d": "x", "e": "null"}
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    from simobs.io import atomic_path
+
+    with atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -37,6 +37,12 @@ def atomic_path(target: str | os.PathLike[str], *, suffix: str | None = None) ->
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            # mkstemp creates 0600; give the artefact the permissions a plain open() would
+            # (group members on a shared cluster file system must read results).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

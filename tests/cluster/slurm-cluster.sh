@@ -272,8 +272,9 @@ start_mariadb() {
             > "$STATE/log/mariadb-install.log" 2>&1 \
             || die "mariadb-install-db failed; see $STATE/log/mariadb-install.log"
     fi
-    # Small buffers, no binary log, no fsync per commit: a test database.
-    mariadbd --no-defaults --user=root --datadir="$d/data" --socket="$d/mysqld.sock" \
+    # Small buffers, no binary log, no fsync per commit: a test database.  Its own
+    # session (setsid), so it outlives the shell that started it, like the SLURM daemons.
+    setsid mariadbd --no-defaults --user=root --datadir="$d/data" --socket="$d/mysqld.sock" \
         --bind-address=127.0.0.1 --port="$MYSQL_PORT" --pid-file="$(pidfile mariadbd)" \
         --log-error="$STATE/log/mariadb.log" --skip-log-bin --innodb-buffer-pool-size=64M \
         --innodb-log-file-size=16M --innodb-flush-log-at-trx-commit=0 \

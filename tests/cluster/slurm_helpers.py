@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +29,10 @@ TEST_SITE = TEST_PROFILE / "site.yaml"
 TEST_ACCOUNT = "simobs"
 
 _SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+)")
+# "Job 3 has been submitted with SLURM jobid 42 (log: .../slurm_logs/rule_embed/source_x/42.log)."
+_SUBMITTED_RULE = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([A-Za-z0-9_]+)/")
+_FINAL_STATES_PREFIXES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+                          "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 _SACCT_FIELDS = ("JobID", "JobName", "Partition", "Account", "State", "ExitCode", "AllocTRES")
 
 
@@ -88,6 +93,12 @@ class SlurmCluster:
         return subprocess.run(cmd, cwd=workdir, env=self.env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
 
+    def with_env(self, drop: tuple[str, ...] = (), **values: str) -> SlurmCluster:
+        """The same cluster with environment variables removed (``drop``) or set."""
+        env = {k: v for k, v in self.env.items() if k not in drop}
+        env.update(values)
+        return replace(self, env=env)
+
     def popen_snakemake(self, workdir: Path, *args: str, timeout_s: int = 300,
                         log: Path) -> subprocess.Popen[bytes]:
         """Start Snakemake like :meth:`run_snakemake`, in the background, output to ``log``."""
@@ -119,10 +130,45 @@ class SlurmCluster:
         rows = [dict(zip(_SACCT_FIELDS, line.split("|"))) for line in out.splitlines() if line]
         return {r["JobID"]: r for r in rows}
 
+    def wait_for_sacct(self, job_ids: list[str], timeout_s: float = 60) -> dict[str, dict[str, str]]:
+        """:meth:`sacct` once every job has a final state there (slurmdbd records lag).
+
+        Returns what sacct has after ``timeout_s`` even if some jobs are still missing
+        or not final; the caller's assertions then show which.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.sacct(job_ids)
+            done = all(j in rows and rows[j]["State"].startswith(_FINAL_STATES_PREFIXES)
+                       for j in job_ids)
+            if done or time.monotonic() > deadline:
+                return rows
+            time.sleep(1)
+
 
 def submitted_job_ids(snakemake_output: str) -> list[str]:
     """SLURM job ids in the order Snakemake reported submitting them."""
     return _SUBMITTED.findall(snakemake_output)
+
+
+def submitted_jobs(snakemake_output: str) -> dict[str, str]:
+    """``{SLURM job id: rule}`` of every job Snakemake submitted, in submission order.
+
+    The rule is read from the job's SLURM log path (``.../slurm_logs/rule_<rule>/...``),
+    which the executor plugin prints with each submission.
+    """
+    return dict(_SUBMITTED_RULE.findall(snakemake_output))
+
+
+def snakemake_job_counts(snakemake_output: str) -> dict[str, int]:
+    """The first 'Job stats' table Snakemake printed: ``{rule: number of jobs}``."""
+    m = re.search(r"Job stats:\njob\s+count\n[- ]+\n(.*?)\n\s*total\s+\d+", snakemake_output, re.S)
+    counts: dict[str, int] = {}
+    if m:
+        for line in m.group(1).splitlines():
+            name, n = line.split()
+            counts[name] = int(n)
+    return counts
 
 
 def _node_ready(env: dict[str, str]) -> bool:

@@ -70,3 +70,19 @@ def test_posterior_reference_concentrates_on_the_model_the_sample_favours():
     np.testing.assert_allclose(reference_model_weights(logits, 3, "pooled"), [1 / 3] * 3)
     with pytest.raises(ValueError, match="unknown OOD reference"):
         reference_model_weights(logits, 3, "nearest")
+
+
+def test_knn_distance_flags_points_far_from_every_reference_cluster():
+    from simobs.misspecification.scores import KnnReference
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(0, 5, (4, 20))
+    ref = np.concatenate([c + rng.normal(0, 1, (200, 20)) for c in centres])
+    knn = KnnReference.fit(ref, k=5, n_components=10)
+    inside = centres[1] + rng.normal(0, 1, (50, 20))
+    outside = rng.normal(0, 5, (50, 20)) + 12.0
+    thr = np.quantile(knn.score(ref, exclude_self=True), 0.95)
+    assert (knn.score(inside) > thr).mean() < 0.2
+    assert (knn.score(outside) > thr).mean() > 0.9
+    # batched and unbatched agree
+    np.testing.assert_allclose(knn.score(outside, batch=7), knn.score(outside, batch=4096), rtol=1e-5)

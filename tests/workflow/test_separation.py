@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.conftest import TINY_CONFIG, run_snakemake
+from tests.conftest import TINY_CONFIG, copy_study, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,9 @@ def _overlay(folder: Path, changes: dict | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("separation_stage")
+def stage(tiny_study, tmp_path_factory):
+    """A copy of the tiny study (whose separation settings equal OVERLAY): nothing reruns."""
+    workdir = copy_study(tiny_study.workdir, tmp_path_factory.mktemp("separation_stage") / "study")
     res = run_snakemake(workdir, TARGET, configfiles=(TINY_CONFIG, _overlay(workdir)), timeout=900)
     if res.returncode != 0:
         pytest.fail(f"separation stage failed:\n{res.output[-6000:]}")

@@ -105,8 +105,9 @@ rule train_classifier:
 
 rule model_posterior:
     input:
-        embeddings=expand("results/embeddings/{source}.h5", source=OBSERVATIONS),
-        embedding_runs=expand("results/embeddings/{source}.run_id", source=OBSERVATIONS),
+        # the simulations' embeddings are the reference of the OOD check
+        embeddings=expand("results/embeddings/{source}.h5", source=SOURCES),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=SOURCES),
         classifier="results/classifier/classifier.json",
         predictions="results/classifier/heldout_predictions.csv",
         classifier_run="results/classifier/train_classifier.run_id",

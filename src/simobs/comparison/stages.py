@@ -26,7 +26,7 @@ from simobs.comparison.posterior import bootstrap_aggregate, normalise_prior, po
 from simobs.comparison.projection import ProjectionSettings, project_embeddings
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
 from simobs.io import atomic_path
-from simobs.misspecification.ood import flag_ood, observation_threshold, ood_score
+
 
 __all__ = ["StageOutput", "save_figure", "write_table", "run_projection", "run_train_classifier", "run_model_posterior"]
 
@@ -181,7 +181,10 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV), ``bayes_factors`` (CSV),
     figures ``figure_bars`` and ``figure_per_galaxy``.
     """
-    sets = [e for e in _read_all(embedding_paths) if e.is_observation]
+    from simobs.misspecification.scores import OODScorer
+
+    all_sets = _read_all(embedding_paths)
+    sets = [e for e in all_sets if e.is_observation]
     if not sets:
         raise ValueError("model_posterior needs at least one observation source among its embedding inputs")
     clf = load_classifier(classifier_path)
@@ -193,17 +196,20 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         if missing:
             raise ValueError(f"model_posterior.prior lacks a weight for {missing}; give one per simulation: {names}")
         prior = normalise_prior([prior_cfg[n] for n in names], len(names))
-    method, tpr = ood_settings.get("score", "energy"), float(ood_settings.get("tpr", 0.95))
-    reference = ood_settings.get("reference", "posterior")
+    method, tpr = ood_settings.get("score", "knn"), float(ood_settings.get("tpr", 0.95))
+    reference = ood_settings.get("reference", "pooled")
     predictions = pd.read_csv(predictions_path)
+    # The same scorer and thresholds as the misspecification stage: both flag the same galaxies.
+    scorer = OODScorer(clf, [e for e in all_sets if not e.is_observation], predictions,
+                       knn_k=int(ood_settings.get("knn_k", 10)), knn_components=int(ood_settings.get("knn_components", 128)))
     interval = float(settings.get("interval", 0.68))
     per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {}, []
     for i, e in enumerate(sets):
         z = clf.logits(e.embedding)
         probs = posterior_model_probabilities(z, prior)
-        threshold = observation_threshold(predictions, names, z, method, tpr, reference)
+        threshold = scorer.thresholds(tpr, e.embedding, reference)[method]
         metrics[f"{e.source}_ood_threshold"] = threshold
-        flagged = flag_ood(ood_score(z, method), threshold)
+        flagged = scorer.scores(e.embedding)[method] > threshold
         t = pd.DataFrame({"source": e.source, "id": e.ids, "ood_flagged": flagged})
         for k, n in enumerate(names):
             t[f"p_{n}"] = probs[:, k]

@@ -16,7 +16,7 @@ fiducial   disk-dominated, size–mass relation of late-type galaxies (Shen et a
 compact    galaxies ~0.55× smaller at fixed mass (the over-compactness of some runs)
 extended   ~1.6× larger, low-concentration bulges (n≈1.5), bluer disks
 bulgy      bulge-dominated (B/T≈0.6), red disks: an over-quenched population
-clumpy     (hidden) star-forming disks with bright knots, blue — no simulation has them
+clumpy     (hidden) blue star-forming disks with a few giant clumps (70 % of the disk light) — no simulation has them
 =========  ===========================================================================
 
 The observed survey is drawn from the model named by the config (``observed_from``):
@@ -107,8 +107,8 @@ MODELS: dict[str, GalaxyModel] = {
                             bulge_size=0.5, disk_sed="Scd", red_disk_fraction=0.0),
     "bulgy": GalaxyModel(bt_alpha=6.0, bt_beta=4.0, bt_mass_slope=0.05, size_norm=3.2,
                          red_disk_fraction=0.7),
-    "clumpy": GalaxyModel(size_norm=5.0, bt_alpha=1.0, bt_beta=12.0, disk_sed="Im", red_disk_fraction=0.0,
-                          knot_fraction=0.45, n_knots=25, thickness=0.25),
+    "clumpy": GalaxyModel(size_norm=6.0, bt_alpha=1.0, bt_beta=12.0, disk_sed="Im", red_disk_fraction=0.0,
+                          knot_fraction=0.7, n_knots=8, thickness=0.25),
 }
 
 

@@ -14,13 +14,15 @@ observed galaxies above it is then compared with the nominal 1 - TPR.
 Which held-out simulations?  The simulation models differ in how confidently the
 classifier recognises them (a model "in the middle" of the others gets higher energies),
 so one threshold pooled over all models flags more than 1 - TPR of the galaxies of some
-models and fewer of others.  With ``reference="posterior"`` (the default) the held-out
+models and fewer of others.  With ``reference="posterior"`` the held-out
 galaxies of each model are weighted by the aggregate posterior probability of that model
 given the observed sample: the threshold is then the TPR quantile of the score under the
 posterior predictive distribution of the simulations.  When one simulation is right
 (well-specified case) the posterior concentrates on it and the observed flagged fraction
 is nominal; when none is, the observations are atypical of every model and more than
-1 - TPR of them are flagged.  ``reference="pooled"`` weights every model equally.
+1 - TPR of them are flagged (but the threshold then follows the best, not always the
+tightest, model).  ``reference="pooled"`` (the workflow's default) weights every model
+equally.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ __all__ = [
     "flagged_fraction",
     "threshold_from_predictions",
     "reference_model_weights",
-    "observation_threshold",
 ]
 
 HELD_OUT_SPLITS = ("validation", "test")
@@ -154,13 +155,3 @@ def threshold_from_predictions(predictions: pd.DataFrame, class_names: list[str]
     per_galaxy = w_model[labels] / np.maximum(counts[labels], 1.0)
     return ood_threshold(ood_score(held[cols].to_numpy(), method), tpr, weights=per_galaxy)
 
-
-def observation_threshold(predictions: pd.DataFrame, class_names: list[str], observed_logits: np.ndarray,
-                          method: str = "energy", tpr: float = 0.95, reference: str = "posterior") -> float:
-    """The OOD threshold for one observed sample (see the module docstring on ``reference``).
-
-    The model-posterior and misspecification stages both call this, so that they flag the
-    same galaxies.
-    """
-    weights = reference_model_weights(observed_logits, len(class_names), reference)
-    return threshold_from_predictions(predictions, class_names, method, tpr, model_weights=weights)

@@ -32,14 +32,8 @@ from simobs.comparison.stages import StageOutput, _read_all, save_figure, write_
 from simobs.io import atomic_path
 from simobs.misspecification import plots
 from simobs.misspecification.mmd import mmd_permutation_test, one_per_group
-from simobs.misspecification.ood import (
-    energy_score,
-    HELD_OUT_SPLITS,
-    flag_ood,
-    max_softmax_score,
-    observation_threshold,
-    threshold_from_predictions,
-)
+from simobs.misspecification.ood import HELD_OUT_SPLITS
+from simobs.misspecification.scores import OODScorer, flag_all
 from simobs.misspecification.typicality import atypical_mask, typical_set_threshold
 
 __all__ = ["run_misspecification"]
@@ -81,17 +75,16 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
         raise ValueError("misspecification needs observation and simulation embeddings among its inputs")
     clf = load_classifier(classifier_path)
     ood_cfg, typ_cfg, mmd_cfg = settings.get("ood", {}), settings.get("typicality", {}), settings.get("mmd", {})
-    method, tpr = ood_cfg.get("score", "energy"), float(ood_cfg.get("tpr", 0.95))
+    method, tpr = ood_cfg.get("score", "knn"), float(ood_cfg.get("tpr", 0.95))
     predictions = pd.read_csv(predictions_path)
-    reference = ood_cfg.get("reference", "posterior")
+    scorer = OODScorer(clf, sim_sets, predictions, knn_k=int(ood_cfg.get("knn_k", 10)),
+                       knn_components=int(ood_cfg.get("knn_components", 128)))
     # Simulations are compared with the pooled held-out simulations; each observed sample
     # with the held-out simulations weighted by its posterior model probabilities.
-    thr = {m: threshold_from_predictions(predictions, clf.class_names, m, tpr) for m in ("energy", "max_softmax")}
+    thr = scorer.thresholds(tpr)
     thresholds = {e.source: thr for e in sim_sets}
     for o in obs_sets:
-        z = clf.logits(o.embedding)
-        thresholds[o.source] = {m: observation_threshold(predictions, clf.class_names, z, m, tpr, reference)
-                                for m in ("energy", "max_softmax")}
+        thresholds[o.source] = scorer.thresholds(tpr, o.embedding, ood_cfg.get("reference", "pooled"))
     stat, q = typ_cfg.get("statistic", "recon_error"), float(typ_cfg.get("quantile", 0.99))
     typ_thr = typical_set_threshold(np.concatenate([e.recon_error if stat == "recon_error" else e.elbo for e in obs_sets]),
                                     stat, q)
@@ -99,14 +92,12 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     # 1 + 2: per-image scores
     frames = []
     for e in sets:
-        z = clf.logits(e.embedding)
-        en, ms = energy_score(z), max_softmax_score(z)
+        sc = scorer.scores(e.embedding)
+        flags = flag_all(sc, thresholds[e.source])
         values = e.recon_error if stat == "recon_error" else e.elbo
-        t = thresholds[e.source]
         frames.append(pd.DataFrame({
-            "source": e.source, "kind": e.kind, "id": e.ids, "galaxy_id": e.galaxy_ids, "energy": en, "max_softmax": ms,
-            "flagged_energy": flag_ood(en, t["energy"]), "flagged_max_softmax": flag_ood(ms, t["max_softmax"]),
-            "ood_flagged": flag_ood(en if method == "energy" else ms, t[method]),
+            "source": e.source, "kind": e.kind, "id": e.ids, "galaxy_id": e.galaxy_ids, **sc,
+            **{f"flagged_{m}": f for m, f in flags.items()}, "ood_flagged": flags[method],
             "recon_error": e.recon_error, "elbo": e.elbo, "atypical": atypical_mask(values, typ_thr, stat)}))
     scores = pd.concat(frames, ignore_index=True)
     # held-out simulations are the in-distribution reference: mark them
@@ -116,6 +107,7 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
 
     summary = scores.groupby(["source", "kind"], sort=False).agg(
         n=("id", "size"),
+        flagged_fraction_knn=("flagged_knn", "mean"),
         flagged_fraction_energy=("flagged_energy", "mean"),
         flagged_fraction_max_softmax=("flagged_max_softmax", "mean"),
         atypical_fraction=("atypical", "mean")).reset_index()
@@ -138,8 +130,8 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     mmd = pd.DataFrame(rows)
 
     verdict = {}
-    metrics: dict[str, float] = {"ood_threshold_energy": thr["energy"], "ood_threshold_max_softmax": thr["max_softmax"],
-                                 "typical_set_threshold": typ_thr}
+    metrics: dict[str, float] = {f"ood_threshold_{m}": v for m, v in thr.items()}
+    metrics["typical_set_threshold"] = typ_thr
     for o in obs_sets:
         metrics.update({f"{o.source}_ood_threshold_{m}": v for m, v in thresholds[o.source].items()})
     for o in obs_sets:
@@ -189,8 +181,8 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
                                                 "VAE typicality (boundary: observed quantile)", log_x=stat == "recon_error"),
                     outputs["figure_typicality"]),
         save_figure(plots.plot_mmd_nulls(results, alpha), outputs["figure_mmd"]),
-        save_figure(_gallery(scores[scores.kind == "observation"], "energy", n_gal, dataset_paths,
-                             "Most atypical observed galaxies (highest energy: unlike every simulation)"),
+        save_figure(_gallery(scores[scores.kind == "observation"], method, n_gal, dataset_paths,
+                             f"Most atypical observed galaxies (highest {method} score: unlike every simulation)"),
                     outputs["gallery_observed"]),
         save_figure(_gallery(scores[scores.kind == "simulation"].assign(
             typicality=lambda d: d[stat] if stat == "recon_error" else -d[stat]), "typicality", n_gal, dataset_paths,

@@ -1,0 +1,158 @@
+"""Per-galaxy OOD scores against the simulations, and their thresholds, in one place.
+
+Three scores, every one *larger for more atypical* galaxies:
+
+* ``energy`` and ``max_softmax``: logit-based (see :mod:`simobs.misspecification.ood`).
+* ``knn``: mean distance to the k nearest *training* simulated galaxies in the embedding
+  space (standardised, PCA-reduced), after Sun et al. (2022, "Out-of-distribution
+  detection with deep nearest neighbors").
+
+Why a third score, and why it is the default for flagging: gradient-boosted trees do not
+extrapolate.  A galaxy far from every simulation in embedding space falls into some leaf
+region and gets the logits of that region, often confident ones, so its energy looks
+in-distribution.  On the tiny demo universe's misspecified case (observations from the
+hidden ``clumpy`` model, whose giant star-forming clumps no simulation has), the energy
+score flagged 3 % of the observed galaxies and max-softmax 13 %, against 51 % for the
+k-NN distance, which flags 7.6 % (nominal 5 %) in the demo's well-specified case.  The
+logit scores are still computed, thresholded and reported for every source.
+
+Thresholds come from the held-out simulated galaxies (validation and test splits, never
+seen by the classifier's trees), weighted per model as :func:`ood.threshold_from_predictions`
+describes (``reference``: the observed sample's posterior model probabilities, or equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from simobs.misspecification.ood import (
+    HELD_OUT_SPLITS,
+    energy_score,
+    max_softmax_score,
+    ood_threshold,
+    reference_model_weights,
+)
+
+__all__ = ["KnnReference", "OODScorer", "OOD_METHODS"]
+
+OOD_METHODS = ("knn", "energy", "max_softmax")
+
+
+@dataclass
+class KnnReference:
+    """Reference points for the k-NN distance score.
+
+    Attributes:
+        mean, scale: (D,) standardisation of the embedding (from the reference points).
+        components: (D, C) PCA projection.
+        points: (M, C) projected reference embeddings.
+        k: neighbours averaged.
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    components: np.ndarray
+    points: np.ndarray
+    k: int = 10
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, k: int = 10, n_components: int = 32) -> KnnReference:
+        """Fit on (M, D) reference embeddings (the simulations' training split)."""
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or len(x) <= k:
+            raise ValueError(f"need more than k={k} reference embeddings of shape (M, D), got {x.shape}")
+        mean, scale = x.mean(0), x.std(0)
+        scale[scale < 1e-8] = 1.0  # dead latents: constant, carry no distance
+        z = (x - mean) / scale
+        n_comp = max(1, min(n_components, z.shape[1], len(z) - 1))
+        _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+        comps = vt[:n_comp].T
+        return cls(mean=mean, scale=scale, components=comps, points=(z @ comps).astype(np.float32), k=k)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return (((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.components).astype(np.float32)
+
+    def score(self, x: np.ndarray, *, exclude_self: bool = False, batch: int = 2048) -> np.ndarray:
+        """(N,) mean Euclidean distance to the k nearest reference points, in batches (BLAS).
+
+        ``exclude_self`` drops the nearest neighbour (for scoring the reference points themselves).
+        """
+        q = self.project(x)
+        ref = self.points
+        ref_sq = (ref.astype(np.float64) ** 2).sum(1)
+        k = self.k + (1 if exclude_self else 0)
+        out = np.empty(len(q), dtype=np.float64)
+        for start in range(0, len(q), batch):
+            qb = q[start : start + batch].astype(np.float64)
+            d2 = (qb**2).sum(1)[:, None] + ref_sq[None, :] - 2.0 * qb @ ref.T.astype(np.float64)
+            np.maximum(d2, 0.0, out=d2)
+            near = np.partition(d2, k - 1, axis=1)[:, :k]
+            near.sort(axis=1)
+            if exclude_self:
+                near = near[:, 1:]
+            out[start : start + batch] = np.sqrt(near).mean(1)
+        return out
+
+
+class OODScorer:
+    """Scores galaxies against the simulations and sets thresholds on held-out simulations.
+
+    Args:
+        classifier: the calibrated simulation classifier (``logits(x)``, ``class_names``).
+        simulations: embedding sets of the simulation sources (``source``, ``ids``, ``embedding``).
+        predictions: ``train_classifier``'s table (``source``, ``id``, ``split``, ``label``).
+        knn_k, knn_components: k-NN score settings.
+    """
+
+    def __init__(self, classifier, simulations: Sequence, predictions: pd.DataFrame, *,
+                 knn_k: int = 10, knn_components: int = 128) -> None:
+        self.classifier = classifier
+        names = list(classifier.class_names)
+        split_of = {(s, str(i)): sp for s, i, sp in zip(predictions["source"], predictions["id"].astype(str),
+                                                        predictions["split"])}
+        train, held, labels = [], [], []
+        for sim in simulations:
+            if sim.source not in names:
+                continue
+            splits = np.array([split_of.get((sim.source, str(i)), "") for i in sim.ids])
+            if (splits == "").any():
+                raise ValueError(f"simulation {sim.source!r} has images the classifier's predictions table does not "
+                                 "list; rerun rule `train_classifier`")
+            train.append(sim.embedding[splits == "train"])
+            mask = np.isin(splits, HELD_OUT_SPLITS)
+            held.append(sim.embedding[mask])
+            labels.append(np.full(mask.sum(), names.index(sim.source)))
+        if not held or sum(len(h) for h in held) == 0:
+            raise ValueError("no held-out simulated galaxies to set OOD thresholds on; rerun rule `train_classifier`")
+        self.knn = KnnReference.fit(np.concatenate(train), k=knn_k, n_components=knn_components)
+        self.held_labels = np.concatenate(labels)
+        self.held_scores = self.scores(np.concatenate(held))
+
+    def scores(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
+        """Every OOD score of (N, D) embeddings."""
+        z = self.classifier.logits(embedding)
+        return {"knn": self.knn.score(embedding), "energy": energy_score(z), "max_softmax": max_softmax_score(z)}
+
+    def thresholds(self, tpr: float = 0.95, observed_embedding: np.ndarray | None = None,
+                   reference: str = "pooled") -> dict[str, float]:
+        """Threshold per score: the weighted TPR quantile of the held-out simulations' scores.
+
+        With ``observed_embedding`` and ``reference='posterior'`` each model's held-out
+        galaxies are weighted by the observed sample's aggregate posterior probability of
+        that model; otherwise every model weighs the same.
+        """
+        k = len(self.classifier.class_names)
+        logits = None if observed_embedding is None else self.classifier.logits(observed_embedding)
+        w_model = reference_model_weights(logits, k, reference if logits is not None else "pooled")
+        counts = np.bincount(self.held_labels, minlength=k).astype(np.float64)
+        weights = w_model[self.held_labels] / np.maximum(counts[self.held_labels], 1.0)
+        return {m: ood_threshold(s, tpr, weights=weights) for m, s in self.held_scores.items()}
+
+
+def flag_all(scores: Mapping[str, np.ndarray], thresholds: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Boolean flags per score."""
+    return {m: np.asarray(scores[m]) > thresholds[m] for m in scores}
