@@ -64,3 +64,13 @@ def test_cross_source_checks():
     config["sources"][3]["cube_band_order"] = ["i", "r"]
     with pytest.raises(ConfigError, match=r"bands \['g'\] are not in cube_band_order"):
         check_sources(config)
+
+
+def test_canonical_config_sorts_keys_but_keeps_list_order():
+    from simobs.config import canonical_config
+
+    a = {"b": 1, "a": {"d": [{"y": 1, "x": 2}, 3], "c": 0}}
+    out = canonical_config(a)
+    assert list(out) == ["a", "b"] and list(out["a"]) == ["c", "d"]
+    assert list(out["a"]["d"][0]) == ["x", "y"] and out["a"]["d"][1] == 3
+    assert out == a

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "canonical_config",
     "demo_source_settings",
     "ConfigError", "explain_schema_errors", "check_sources", "source_by_name", "sources_of_kind"]
 
@@ -144,3 +145,16 @@ def demo_source_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]
         "integer": (not observed) and src["demo_model"] in demo["integer_models"],
         "workers": demo["workers"],
     }
+
+
+def canonical_config(value: Any) -> Any:
+    """A copy with every mapping's keys sorted (lists keep their order).
+
+    Snakemake decides whether ``params`` changed by comparing them as written, so two
+    config files holding the same settings in another key order would rerun jobs.
+    """
+    if isinstance(value, Mapping):
+        return {k: canonical_config(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical_config(v) for v in value]
+    return value

@@ -13,7 +13,13 @@ from snakemake.utils import validate
 # on a cluster login node); rule environments install it from envs/*.yaml.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from simobs.config import ConfigError, check_sources, demo_source_settings, explain_schema_errors  # noqa: E402
+from simobs.config import (  # noqa: E402
+    ConfigError,
+    canonical_config,
+    check_sources,
+    demo_source_settings,
+    explain_schema_errors,
+)
 from simobs.data.ingest import files_fingerprint  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
@@ -26,6 +32,12 @@ try:
     check_sources(config)
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration: {exc}")
+
+# Sort every mapping's keys: Snakemake compares `params` as written, so the same settings
+# in another key order (another config file, a YAML dump) would otherwise rerun jobs.
+_canonical = canonical_config(config)
+config.clear()
+config.update(_canonical)
 
 SOURCES = {s["name"]: s for s in config["sources"]}
 OBSERVATIONS = [n for n, s in SOURCES.items() if s["kind"] == "observation"]
