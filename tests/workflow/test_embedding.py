@@ -73,8 +73,9 @@ def test_killed_training_resumes_from_its_last_epoch(tiny_study, tmp_path: Path)
                                      "tracking": {"enabled": False}}))
     checkpoint = study / "results/embedding/checkpoints/last.pt"
     first_mtime = checkpoint.stat().st_mtime_ns
+    # the target before --configfile, which takes every following word as a config file
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(study), "--cores", "2",
-           "--configfile", str(TINY_CONFIG), str(extra), "results/embedding/model.pt"]
+           "results/embedding/model.pt", "--configfile", str(TINY_CONFIG), str(extra)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=study, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
