@@ -38,7 +38,6 @@ __all__ = [
     "ood_threshold",
     "flag_ood",
     "flagged_fraction",
-    "threshold_from_predictions",
     "reference_model_weights",
 ]
 
@@ -124,34 +123,3 @@ def reference_model_weights(observed_logits: np.ndarray | None, n_models: int, r
 
     log_post = log_softmax(_logits(observed_logits), axis=1).sum(axis=0)
     return np.exp(log_post - logsumexp(log_post))
-
-
-def threshold_from_predictions(predictions: pd.DataFrame, class_names: list[str], method: str = "energy",
-                               tpr: float = 0.95, splits: tuple[str, ...] = HELD_OUT_SPLITS,
-                               model_weights: np.ndarray | None = None) -> float:
-    """OOD threshold from the classifier's held-out predictions table.
-
-    Args:
-        predictions: the ``train_classifier`` table with columns ``split``, ``label`` and
-            ``logit_<model>`` (calibrated logits).
-        class_names: model names in the classifier's order.
-        method: "energy" or "max_softmax".
-        tpr: fraction of held-out simulated galaxies that must pass.
-        splits: which held-out splits set the threshold (galaxies the trees never saw).
-        model_weights: (K,) weight of each model in the reference distribution (see
-            :func:`reference_model_weights`); None weighs every model equally.
-    """
-    cols = [f"logit_{n}" for n in class_names]
-    missing = [c for c in [*cols, "split", "label"] if c not in predictions.columns]
-    if missing:
-        raise ValueError(f"predictions table lacks columns {missing}; rerun rule `train_classifier`")
-    held = predictions.loc[predictions["split"].isin(splits)]
-    if held.empty:
-        raise ValueError(f"the predictions table has no rows of splits {list(splits)}; rerun rule `train_classifier`")
-    labels = held["label"].to_numpy().astype(int)
-    k = len(class_names)
-    w_model = np.full(k, 1.0 / k) if model_weights is None else np.asarray(model_weights, dtype=np.float64)
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
-    per_galaxy = w_model[labels] / np.maximum(counts[labels], 1.0)
-    return ood_threshold(ood_score(held[cols].to_numpy(), method), tpr, weights=per_galaxy)
-

@@ -17,8 +17,9 @@ k-NN distance, which flags 7.6 % (nominal 5 %) in the demo's well-specified case
 logit scores are still computed, thresholded and reported for every source.
 
 Thresholds come from the held-out simulated galaxies (validation and test splits, never
-seen by the classifier's trees), weighted per model as :func:`ood.threshold_from_predictions`
-describes (``reference``: the observed sample's posterior model probabilities, or equal).
+seen by the classifier's trees), each model's galaxies weighted equally (``reference:
+pooled``) or by the observed sample's posterior model probabilities (``posterior``; see
+:mod:`simobs.misspecification.ood`).
 """
 
 from __future__ import annotations
