@@ -28,7 +28,6 @@ equally.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from scipy.special import logsumexp, softmax
 
 __all__ = [
