@@ -7,7 +7,7 @@ import torch
 from simobs.separation.dataset import read_field_dataset, shard_indices, write_posterior_shard
 from simobs.separation.model import load_noise_predictor
 from simobs.separation.sample import separate_observations
-from simobs.separation.train import pick_device
+from simobs.devices import resolve_device
 from simobs.tracking import job_run
 
 p = snakemake.params
@@ -16,7 +16,7 @@ torch.set_num_threads(snakemake.threads)
 shard = int(snakemake.wildcards.shard)
 
 with job_run(snakemake, params={**s, "seed": p.seed, "n_bins": p.n_bins}) as run:
-    device = pick_device(s["device"])
+    device = resolve_device(s["device"], key="separation.sampling.device")
     fields = read_field_dataset(snakemake.input.fields, with_train=False)
     idx = shard_indices(len(fields.sigma), s["n_shards"], shard)
     model = load_noise_predictor(snakemake.input.model, device=device)

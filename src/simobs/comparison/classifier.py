@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from scipy.special import softmax
 from torch import nn
 
+from simobs.devices import resolve_device
+
 __all__ = ["ClassifierSettings", "SimulationClassifier", "fit_classifier", "load_classifier"]
 
 log = logging.getLogger(__name__)
@@ -200,7 +202,7 @@ def load_classifier(path: str | Path, device: str = "cpu") -> SimulationClassifi
         extra["architecture"] = arch
         model = _mlp(arch["n_features"], arch["hidden"], arch["n_classes"], arch["dropout"])
         model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
-        model.to(_torch_device(device)).eval()
+        model.to(resolve_device(device)).eval()
     return SimulationClassifier(doc["backend"], doc["class_names"], doc["n_features"], model,
                                 doc["temperature"], extra)
 
@@ -251,12 +253,6 @@ def _fit_xgboost(x_train, y_train, w_train, x_val, y_val, w_val, class_names, s,
     return SimulationClassifier("xgboost", class_names, x_train.shape[1], booster, extra={"n_trees": best + 1})
 
 
-def _torch_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class _Standardise(nn.Module):
     """(x - mean) / std with the training statistics stored as buffers, so that the saved
     network takes raw embeddings."""
@@ -282,7 +278,7 @@ def _mlp(n_features: int, hidden: list[int], n_classes: int, dropout: float) -> 
 
 def _fit_mlp(x_train, y_train, w_train, x_val, y_val, w_val, class_names, s, seed, on_epoch):
     torch.manual_seed(seed)
-    dev = _torch_device(s.device)
+    dev = resolve_device(s.device, key="classifier.device")
     k, d = len(class_names), x_train.shape[1]
     model = _mlp(d, list(s.hidden), k, s.dropout)
     model[0].mean.copy_(torch.as_tensor(x_train.mean(axis=0), dtype=torch.float32))

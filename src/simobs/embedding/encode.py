@@ -22,7 +22,7 @@ import torch
 from simobs.embedding.checkpoint import load_model
 from simobs.embedding.data import iter_blocks_in_order, read_source_info
 from simobs.embedding.model import KSparseVAE, elbo_terms
-from simobs.embedding.train import resolve_device
+from simobs.devices import resolve_device
 from simobs.io import atomic_path
 
 __all__ = ["EmbeddingSummary", "encode_images", "embed_dataset"]

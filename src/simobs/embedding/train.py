@@ -41,11 +41,11 @@ from simobs.embedding.data import (
 from simobs.embedding.model import KSparseVAE, VAEOutput, elbo_terms, top_k_mask
 from simobs.embedding.settings import EmbeddingSettings
 from simobs.io import config_digest
+from simobs.devices import resolve_device
 
 __all__ = [
     "TrainingResult",
     "train_embedding",
-    "resolve_device",
     "k_at_step",
     "auxiliary_loss",
     "evaluate",
@@ -117,16 +117,6 @@ def _num_workers(settings: EmbeddingSettings, device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"embedding.device={spec!r} but no CUDA device is visible; set device: auto or cpu")
-    return device
 
 
 def k_at_step(step: int, steps_per_epoch: int, settings: EmbeddingSettings) -> int:
@@ -410,7 +400,7 @@ def train_embedding(
     infos = training_sources(dataset_paths, allow_simulations)
     bands, image_size, _ = infos[0].image_shape
     arch = settings.architecture(bands=bands, image_size=image_size)
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, key="embedding.device")
     channels_last = device.type == "cuda" and settings.channels_last
     if device.type == "cuda":
         # TF32 for the fp32 parts (loss, optimiser); the convolutions run in bf16.

@@ -29,8 +29,9 @@ from simobs.io import atomic_path
 from simobs.separation.model import NoisePredictor, build_noise_predictor, parameter_count, save_noise_predictor
 from simobs.separation.sde import ColouredNoise, LinearBetaSchedule, observation_to_state
 from simobs.separation.wiener import GaussianNoisePredictor, estimate_power_2d
+from simobs.devices import resolve_device
 
-__all__ = ["TrainSettings", "TrainResult", "train_score_model", "training_t_max", "pick_device", "denoising_examples"]
+__all__ = ["TrainSettings", "TrainResult", "train_score_model", "training_t_max", "denoising_examples"]
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,6 @@ class TrainResult:
     seconds: float
     n_parameters: int
     device: str
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given, else CUDA when available, else CPU."""
-    if requested and requested != "auto":
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def training_t_max(schedule: LinearBetaSchedule, sigma_max: float, margin: float = 1.1) -> float:
@@ -184,7 +178,7 @@ def train_score_model(
         :class:`TrainResult` with the EMA model (eval mode) and the per-epoch history.
     """
     start_time = time.perf_counter()
-    dev = pick_device(str(device) if device is not None else None)
+    dev = resolve_device(device, key="separation.training.device")
     use_cuda = dev.type == "cuda"
     n, npix = train_maps.shape[0], train_maps.shape[-1]
     n_val = int(round(settings.val_fraction * n))
