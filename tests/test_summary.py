@@ -54,7 +54,9 @@ def stage_outputs(tmp_path: Path) -> SummaryInputs:
                                                          "dead_fraction": 0.0}))
     (tmp_path / "separation.json").write_text(json.dumps({
         "dust_mse_ratio_vs_wiener": 0.8, "cmb_mse_ratio_vs_wiener": 0.9,
-        "dust_coverage_68": 0.66, "dust_coverage_68_wiener": 0.6, "n_observations": 4}))
+        "dust_coverage_68": 0.66, "dust_coverage_68_wiener": 0.6, "n_observations": 4,
+        "dust_power_max_abs_rel_error_below_half_nyquist": 0.05,
+        "dust_power_max_abs_rel_error_below_half_nyquist_stderr": 0.02}))
     return SummaryInputs(
         posterior=tmp_path / "aggregate.csv", misspecification=tmp_path / "summary.csv", mmd=tmp_path / "mmd.csv",
         verdict=tmp_path / "verdict.json", classifier=tmp_path / "classifier.json",
@@ -89,6 +91,8 @@ def test_headline_holds_every_stage_number(stage_outputs: SummaryInputs) -> None
     assert _value(t, "Separation", "dust", "Wiener").value == 0.8
     cov = _value(t, "Separation", "dust", "68 %")
     assert cov.value == 0.66 and "Wiener 60.0%" in cov.note
+    power = _value(t, "Separation", "dust", "relative power error")
+    assert power.value == 0.05 and "± 2.0% standard error" in power.note
     assert h.statements == {"sdss": "Consistent with sdss at alpha=0.05: fiducial."}
     # the same numbers under MLflow metric names
     assert h.metrics["posterior/sdss/fiducial"] == 0.90

@@ -239,6 +239,9 @@ def _separation_rows(rows: _Rows, path: PathLike) -> None:
     for comp in comps:
         for pattern, label, note in _SEPARATION_KEYS:
             key = pattern.format(comp=comp)
+            stderr = _number(m.get(f"{key}_stderr"))
+            if stderr is not None:
+                note = f"{note}; ± {stderr:.1%} standard error over the test maps"
             if key in m:
                 rows.add("Separation", comp, label, m[key], metric=_metric_name("separation", key), note=note)
         levels = [k for k in m if k.startswith(f"{comp}_coverage_") and not k.endswith("_wiener")]

@@ -62,6 +62,13 @@ def test_sharding_does_not_change_results_and_evaluation(gaussian_fields, tmp_pa
             "cmb_examples.png"} <= set(result.figures)
     table = result.tables["dust_power_spectra.csv"]
     assert len(table) == 4 and np.all(table["r_posterior_mean"] > 0.5)
+    # The exact posterior's power errors are noise: within a few of their standard errors.
+    assert np.all(np.abs(table["rel_error_posterior_samples"]) < 4 * table["rel_error_posterior_samples_stderr"])
+    assert m["dust_power_max_abs_rel_error_below_half_nyquist_stderr"] > 0
+    # Calibration per k: the posterior variance is the expected squared error of the
+    # posterior mean (six maps: ~20 % scatter in the lowest bin).
+    ratio = table["posterior_variance"] / table["squared_error_posterior_mean"]
+    assert np.all((ratio > 0.6) & (ratio < 1.5)), ratio.to_numpy()
 
 
 def test_deterministic_methods_return_one_estimate(gaussian_fields) -> None:

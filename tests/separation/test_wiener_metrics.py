@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from simobs.separation.fields import gaussian_random_field, power_law_power_2d
 from simobs.separation.metrics import (
@@ -12,6 +13,7 @@ from simobs.separation.metrics import (
     k_bin_edges,
     mse,
     power_relative_error,
+    power_relative_error_stderr,
 )
 from simobs.separation.wiener import estimate_power_2d, wiener_filter, wiener_posterior_variance
 
@@ -63,6 +65,30 @@ def test_cross_correlation_and_relative_error() -> None:
     assert np.all(np.abs(r_noisy - 1 / np.sqrt(2)) < 0.05)
     _, p = binned_power_spectrum(truth, 4)
     np.testing.assert_allclose(power_relative_error(1.1 * p, p), 0.1)
+
+
+def test_power_error_stderr_matches_the_scatter_of_independent_test_sets() -> None:
+    # An estimate that is the truth plus an independent draw of the same field: the
+    # error is zero in expectation, and the reported standard error must match how
+    # much the relative error actually scatters between independent test sets.
+    rng = np.random.default_rng(6)
+    power = power_law_power_2d(16, -2.5)
+    errors, stderrs = [], []
+    for _ in range(200):
+        _, p_true = binned_power_spectrum(gaussian_random_field(power, 20, rng), 4)
+        _, p_est = binned_power_spectrum(gaussian_random_field(power, 20, rng), 4)
+        errors.append(power_relative_error(p_est, p_true))
+        stderrs.append(power_relative_error_stderr(p_est, p_true))
+    scatter, typical = np.std(errors, axis=0), np.median(stderrs, axis=0)
+    assert np.all(np.abs(np.mean(errors, axis=0)) < 3 * scatter / np.sqrt(200))
+    np.testing.assert_allclose(typical, scatter, rtol=0.2)
+    assert typical[0] > 2 * typical[-1]  # the lowest bin has the fewest modes
+
+    _, p = binned_power_spectrum(rng.standard_normal((5, 16, 16)), 4)
+    np.testing.assert_allclose(power_relative_error_stderr(p + 1.0, p), 0.0, atol=1e-12)  # a constant offset
+    assert np.all(np.isnan(power_relative_error_stderr(p[:1], p[:1])))
+    with pytest.raises(ValueError, match="equal shape"):
+        power_relative_error_stderr(p, p[:2])
 
 
 def test_interval_coverage() -> None:

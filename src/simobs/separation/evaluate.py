@@ -4,7 +4,11 @@ Per component (dust; CMB in standardised units ``(y − dust)/σ``):
 
 * MSE of the posterior mean and its ratio to the Wiener estimate's MSE (< 1: better);
 * binned power spectra of truth, posterior samples and Wiener estimate, relative errors
-  per k bin, and the largest error below half the Nyquist frequency;
+  per k bin with their standard errors over observations, and the largest error below
+  half the Nyquist frequency;
+* calibration per k bin: the posterior variance (sample power minus the power of the
+  posterior mean) against the squared error of the posterior mean; for an exact
+  posterior the two agree in expectation, and together they add up to the true power;
 * r(k) between the posterior mean (and the Wiener estimate) and the truth;
 * empirical coverage of the pixel-wise central credible intervals, with the Wiener
   (Gaussian) posterior's coverage for reference.
@@ -32,6 +36,7 @@ from simobs.separation.metrics import (
     interval_coverage,
     mse,
     power_relative_error,
+    power_relative_error_stderr,
 )
 from simobs.separation.sample import PosteriorSummary
 from simobs.separation.wiener import estimate_power_2d, wiener_filter, wiener_posterior_variance
@@ -82,6 +87,7 @@ def evaluate_separation(
     metrics: dict[str, float] = {"n_observations": float(len(indices))}
     tables: dict[str, pd.DataFrame] = {}
     spectra: dict[str, dict[str, np.ndarray]] = {}
+    stderrs: dict[str, dict[str, np.ndarray]] = {}
     r_curves: dict[str, dict[str, np.ndarray]] = {}
     coverage_curves: dict[str, np.ndarray] = {}
     figures: dict[str, Figure] = {}
@@ -95,7 +101,13 @@ def evaluate_separation(
         _, p_wiener = binned_power_spectrum(wiener[comp], n_bins)
         err_samples = power_relative_error(sample_power, p_truth)
         err_wiener = power_relative_error(p_wiener, p_truth)
-        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist"] = float(np.nanmax(np.abs(err_samples[low_k])))
+        err_stderr = power_relative_error_stderr(sample_power, p_truth)
+        _, p_mean = binned_power_spectrum(mean, n_bins)
+        _, p_residual = binned_power_spectrum(np.asarray(mean, np.float64) - truth[comp], n_bins)
+        posterior_variance = sample_power - p_mean  # mean over samples of |x_s − x̄|², per bin
+        worst = int(np.nanargmax(np.where(low_k, np.abs(err_samples), -np.inf)))
+        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist"] = float(abs(err_samples[worst]))
+        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist_stderr"] = float(err_stderr[worst])
         metrics[f"{comp}_power_mean_abs_rel_error_below_half_nyquist"] = float(np.nanmean(np.abs(err_samples[low_k])))
         _, r_post = cross_correlation(mean, truth[comp], n_bins)
         _, r_wien = cross_correlation(wiener[comp], truth[comp], n_bins)
@@ -114,12 +126,16 @@ def evaluate_separation(
             "power_posterior_samples": sample_power.mean(axis=0),
             "power_wiener": p_wiener.mean(axis=0),
             "rel_error_posterior_samples": err_samples,
+            "rel_error_posterior_samples_stderr": err_stderr,
             "rel_error_wiener": err_wiener,
+            "posterior_variance": posterior_variance.mean(axis=0),
+            "squared_error_posterior_mean": p_residual.mean(axis=0),
             "r_posterior_mean": r_post,
             "r_wiener": r_wien,
         })
         spectra[comp] = {"truth": p_truth.mean(axis=0), "posterior samples": sample_power.mean(axis=0),
                          "Wiener estimate": p_wiener.mean(axis=0)}
+        stderrs[comp] = {"posterior samples": err_stderr}
         r_curves[comp] = {"posterior mean": r_post, "Wiener": r_wien}
         coverage_curves[f"{comp} (diffusion)"] = cov
         coverage_curves[f"{comp} (Wiener)"] = cov_w
@@ -129,7 +145,7 @@ def evaluate_separation(
             y[:m], truth[comp][:m], mean[:m], std[:m], samples[:m], sigma[:m], comp
         )
     tables["coverage.csv"] = pd.DataFrame({"nominal": levels, **coverage_curves})
-    figures["power_spectra.png"] = power_spectra_figure(k, spectra, HALF_NYQUIST)
+    figures["power_spectra.png"] = power_spectra_figure(k, spectra, HALF_NYQUIST, stderrs)
     figures["cross_correlation.png"] = cross_correlation_figure(k, r_curves)
     figures["coverage.png"] = coverage_figure(levels, {
         "diffusion posterior": coverage_curves["dust (diffusion)"],

@@ -58,7 +58,10 @@ def separation_examples_figure(
 
 
 def power_spectra_figure(
-    k: np.ndarray, spectra: Mapping[str, Mapping[str, np.ndarray]], half_nyquist: float = 0.25
+    k: np.ndarray,
+    spectra: Mapping[str, Mapping[str, np.ndarray]],
+    half_nyquist: float = 0.25,
+    stderr: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Figure:
     """Binned power spectra per component (one panel each) with their relative errors below.
 
@@ -66,6 +69,8 @@ def power_spectra_figure(
         k: bin centres, cycles per pixel, shape ``(K,)``.
         spectra: ``{component: {"truth": P, "posterior samples": P, "Wiener": P, ...}}``, each ``(K,)``.
         half_nyquist: where the dashed line marks half the Nyquist frequency.
+        stderr: optional ``{component: {label: standard error of the relative error (K,)}}``,
+            drawn as ±1 standard-error bands around those relative-error curves.
     """
     comps = list(spectra)
     fig, axes = plt.subplots(2, len(comps), figsize=(4.5 * len(comps), 5.5), squeeze=False,
@@ -76,7 +81,11 @@ def power_spectra_figure(
             style = {"color": "k", "lw": 2} if label == "truth" else {}
             axes[0, j].semilogy(k, p, "o-", ms=3, label=label, **style)
             if label != "truth":
-                axes[1, j].plot(k, (p - truth) / truth, "o-", ms=3, label=label)
+                rel = (p - truth) / truth
+                line, = axes[1, j].plot(k, rel, "o-", ms=3, label=label)
+                band = (stderr or {}).get(comp, {}).get(label)
+                if band is not None:
+                    axes[1, j].fill_between(k, rel - band, rel + band, color=line.get_color(), alpha=0.25, lw=0)
         axes[0, j].set_title(comp)
         axes[0, j].set_ylabel("P(k)")
         axes[1, j].axhspan(-0.1, 0.1, color="0.9")

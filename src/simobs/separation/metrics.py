@@ -17,6 +17,7 @@ __all__ = [
     "binned_cross_spectrum",
     "cross_correlation",
     "power_relative_error",
+    "power_relative_error_stderr",
     "mse",
     "interval_coverage",
 ]
@@ -93,6 +94,28 @@ def power_relative_error(estimated_power: np.ndarray, true_power: np.ndarray) ->
     tru = true_power.reshape(-1, true_power.shape[-1]).mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (est - tru) / tru
+
+
+def power_relative_error_stderr(estimated_power: np.ndarray, true_power: np.ndarray) -> np.ndarray:
+    """Standard error of :func:`power_relative_error` over observations, per bin.
+
+    The per-observation differences ``P_est,i − P_true,i`` (shape ``(n, K)``) are
+    independent between observations, so the error of their mean is
+    ``std / √n``, here relative to the mean true power.  A relative error is only
+    resolved when it exceeds this by a few times: with few test maps the largest
+    scales (a handful of modes per map) are dominated by sample variance.
+
+    Returns:
+        Shape ``(K,)``; NaN where fewer than two observations are given.
+    """
+    if estimated_power.shape != true_power.shape or estimated_power.ndim != 2:
+        raise ValueError(f"need two (n, K) arrays of equal shape, got {estimated_power.shape} and {true_power.shape}")
+    n = estimated_power.shape[0]
+    if n < 2:
+        return np.full(estimated_power.shape[1], np.nan)
+    diff = estimated_power - true_power
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return diff.std(axis=0, ddof=1) / np.sqrt(n) / true_power.mean(axis=0)
 
 
 def mse(estimate: np.ndarray, truth: np.ndarray) -> float:
