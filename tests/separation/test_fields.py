@@ -77,3 +77,19 @@ def test_read_dust_fits_names_the_bad_file(tmp_path) -> None:
         read_dust_fits([good, str(not_fits)], 8)
     with pytest.raises(ValueError, match="no dust FITS"):
         read_dust_fits([], 8)
+
+
+def test_read_dust_fits_checks_the_wcs_pixel_size(tmp_path) -> None:
+    def with_cdelt(name: str, degrees: object) -> str:
+        hdu = fits.PrimaryHDU(np.ones((8, 8)) + np.eye(8))
+        hdu.header["CDELT1"], hdu.header["CDELT2"] = degrees, degrees
+        hdu.writeto(tmp_path / name)
+        return str(tmp_path / name)
+
+    matching, coarse = with_cdelt("8arcmin.fits", -8 / 60), with_cdelt("16arcmin.fits", 16 / 60)
+    assert read_dust_fits([matching], 8, pixel_size_arcmin=8.0)[0].shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"16arcmin\.fits: pixels are 16 arcmin \(CDELT1\).*pixel_size_arcmin is 8"):
+        read_dust_fits([matching, coarse], 8, pixel_size_arcmin=8.0)
+    assert read_dust_fits([coarse], 8)[0].shape == (1, 8, 8)  # no grid given: no check
+    with pytest.raises(ValueError, match=r"CDELT1='x' is not a number"):
+        read_dust_fits([with_cdelt("text.fits", "x")], 8, pixel_size_arcmin=8.0)

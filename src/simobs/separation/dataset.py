@@ -137,7 +137,9 @@ def make_field_dataset(settings: FieldSettings, out_path: str | os.PathLike[str]
     attrs: dict[str, Any] = {"dust_fits_mean": 0.0, "dust_fits_std": 1.0}
     dust = settings.dust
     if dust.kind == "fits":
-        maps, attrs["dust_fits_mean"], attrs["dust_fits_std"] = read_dust_fits(dust_fits_files(asdict(dust)), npix)
+        maps, attrs["dust_fits_mean"], attrs["dust_fits_std"] = read_dust_fits(
+            dust_fits_files(asdict(dust)), npix, settings.pixel_size_arcmin
+        )
         maps = maps[rng.permutation(len(maps))]
         n_test = max(1, int(round(dust.test_fraction * len(maps))))
         if len(maps) - n_test < 1:

@@ -91,15 +91,35 @@ def gaussian_dust(n: int, npix: int, *, slope: float, rng: np.random.Generator) 
     return gaussian_random_field(power_law_power_2d(npix, slope), n, rng)
 
 
-def _load_fits_maps(path: Path, npix: int) -> np.ndarray:
+def _check_pixel_size(path: Path, header: Any, pixel_size_arcmin: float | None) -> None:
+    """Compare the WCS pixel size (``CDELT1``/``CDELT2`` in degrees), when the header has one."""
+    if pixel_size_arcmin is None:
+        return
+    for key in ("CDELT1", "CDELT2"):
+        if key not in header:
+            continue
+        try:
+            size = abs(float(header[key])) * 60.0
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: header {key}={header[key]!r} is not a number (degrees per pixel)") from None
+        if not np.isclose(size, pixel_size_arcmin, rtol=0.01):
+            raise ValueError(
+                f"{path}: pixels are {size:.4g} arcmin ({key}) but separation.fields.pixel_size_arcmin is "
+                f"{pixel_size_arcmin}; the CMB is drawn on that grid, so resample the maps or set "
+                "pixel_size_arcmin to their pixel size"
+            )
+
+
+def _load_fits_maps(path: Path, npix: int, pixel_size_arcmin: float | None = None) -> np.ndarray:
     from astropy.io import fits
 
     try:
         with fits.open(path, memmap=False) as hdul:
-            data = next((h.data for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2), None)
-            if data is None:
+            hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2), None)
+            if hdu is None:
                 raise ValueError(f"{path}: no image HDU with 2-D or 3-D data; store the dust map as an image HDU")
-            data = np.asarray(data, dtype=np.float64)
+            _check_pixel_size(path, hdu.header, pixel_size_arcmin)
+            data = np.asarray(hdu.data, dtype=np.float64)
     except OSError as err:
         raise ValueError(f"{path}: not a readable FITS file ({err}); dust maps must be FITS images") from err
     shape = data.shape
@@ -119,23 +139,27 @@ def _load_fits_maps(path: Path, npix: int) -> np.ndarray:
     return data
 
 
-def read_dust_fits(paths: Sequence[str | os.PathLike[str]], npix: int) -> tuple[np.ndarray, float, float]:
+def read_dust_fits(
+    paths: Sequence[str | os.PathLike[str]], npix: int, pixel_size_arcmin: float | None = None
+) -> tuple[np.ndarray, float, float]:
     """Read user dust maps (e.g. MHD simulations) from FITS files, validated and standardised.
 
     Each file holds one map ``(npix, npix)`` or a stack ``(n, npix, npix)`` in its first
     image HDU.  All maps are standardised by one dataset-wide affine map (mean and
     standard deviation over all pixels of all maps), so relative amplitudes between
-    maps are kept.
+    maps are kept.  When ``pixel_size_arcmin`` is given and a header carries the WCS
+    pixel size (``CDELT1``/``CDELT2``, degrees), the two must agree within 1 %.
 
     Returns:
         ``(maps (n, npix, npix) float64, mean, std)`` — mean and std in the files' units.
 
     Raises:
-        ValueError: no files, a file that is not FITS, wrong shape, NaN/inf (the message names the file).
+        ValueError: no files, a file that is not FITS, wrong shape or pixel size, NaN/inf
+            (the message names the file).
     """
     if not paths:
         raise ValueError("no dust FITS files given: set separation.fields.dust.fits_files (paths or globs)")
-    maps = np.concatenate([_load_fits_maps(Path(p), npix) for p in paths])
+    maps = np.concatenate([_load_fits_maps(Path(p), npix, pixel_size_arcmin) for p in paths])
     mean, std = float(maps.mean()), float(maps.std())
     if std == 0:
         raise ValueError(f"dust maps in {list(map(str, paths))} are constant; nothing to separate")
