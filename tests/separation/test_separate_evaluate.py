@@ -75,3 +75,12 @@ def test_deterministic_methods_return_one_estimate(gaussian_fields) -> None:
     idx = np.arange(2)
     s = _separate(gaussian_fields, idx, method="tweedie")
     assert s.dust_samples.shape[1] == 1 and np.all(s.dust_std == 0)
+
+
+def test_power_error_below_half_nyquist_is_nan_without_such_a_bin(gaussian_fields) -> None:
+    idx = np.arange(2)
+    one_bin = _separate(gaussian_fields, idx, n_samples=4, batch_size=4, n_bins=1)  # its centre is Nyquist/2
+    m = evaluate_separation(gaussian_fields, idx, one_bin).metrics
+    assert np.isnan(m["dust_power_max_abs_rel_error_below_half_nyquist"])
+    assert np.isnan(m["dust_power_max_abs_rel_error_below_half_nyquist_stderr"])
+    assert np.isfinite(m["dust_mse_ratio_vs_wiener"])

@@ -105,10 +105,14 @@ def evaluate_separation(
         _, p_mean = binned_power_spectrum(mean, n_bins)
         _, p_residual = binned_power_spectrum(np.asarray(mean, np.float64) - truth[comp], n_bins)
         posterior_variance = sample_power - p_mean  # mean over samples of |x_s − x̄|², per bin
-        worst = int(np.nanargmax(np.where(low_k, np.abs(err_samples), -np.inf)))
-        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist"] = float(abs(err_samples[worst]))
-        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist_stderr"] = float(err_stderr[worst])
-        metrics[f"{comp}_power_mean_abs_rel_error_below_half_nyquist"] = float(np.nanmean(np.abs(err_samples[low_k])))
+        low_err = np.where(low_k & np.isfinite(err_samples), np.abs(err_samples), -np.inf)
+        worst = int(np.argmax(low_err))
+        found = bool(np.isfinite(low_err[worst]))  # no bin below half Nyquist with modes: NaN
+        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist"] = float(low_err[worst]) if found else np.nan
+        metrics[f"{comp}_power_max_abs_rel_error_below_half_nyquist_stderr"] = (
+            float(err_stderr[worst]) if found else np.nan)
+        metrics[f"{comp}_power_mean_abs_rel_error_below_half_nyquist"] = (
+            float(np.mean(low_err[np.isfinite(low_err)])) if found else np.nan)
         _, r_post = cross_correlation(mean, truth[comp], n_bins)
         _, r_wien = cross_correlation(wiener[comp], truth[comp], n_bins)
         cov = np.array([interval_coverage(truth[comp], lower[:, j], upper[:, j]) for j in range(len(levels))])
