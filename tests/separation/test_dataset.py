@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from astropy.io import fits
 
@@ -49,6 +50,34 @@ def test_fits_dataset(tmp_path, fake_camb) -> None:
     with pytest.raises(ValueError, match=r"x\*\.fits.*matches no file"):
         make_field_dataset(bad, tmp_path / "h.h5")
     assert not (tmp_path / "h.h5").exists()
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_bad_dust_files_follow_the_ingestion_policy(tmp_path, fake_camb) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        fits.PrimaryHDU(rng.standard_normal((4, 16, 16))).writeto(tmp_path / f"mhd_{i}.fits")
+    (tmp_path / "mhd_truncated.fits").write_bytes((tmp_path / "mhd_0.fits").read_bytes()[:3000])
+    settings = FieldSettings.from_mapping({"npix": 16, "sigma": 1.0, "dust": {
+        "kind": "fits", "fits_files": [str(tmp_path / "mhd_*.fits")], "test_fraction": 0.25}})
+
+    with pytest.raises(ValueError, match=r"mhd_truncated\.fits.*on_bad_file: skip"):
+        make_field_dataset(settings, tmp_path / "fail.h5", rejected_path=tmp_path / "fail.tsv", on_bad_file="fail")
+    assert not (tmp_path / "fail.h5").exists() and not (tmp_path / "fail.tsv").exists()
+
+    summary = make_field_dataset(settings, tmp_path / "f.h5", rejected_path=tmp_path / "rejected.tsv",
+                                 on_bad_file="skip")
+    manifest = pd.read_csv(tmp_path / "rejected.tsv", sep="\t")
+    assert list(manifest.file) == [str(tmp_path / "mhd_truncated.fits")] and summary["n_rejected_dust_files"] == 1
+    f = read_field_dataset(tmp_path / "f.h5")
+    assert f.train_dust.shape[0] + f.test_dust.shape[0] == 12  # the three good files, four maps each
+
+    with pytest.raises(ValueError, match=r"1 of 4 dust FITS files rejected"):
+        make_field_dataset(settings, tmp_path / "strict.h5", on_bad_file="skip", max_rejected_fraction=0.2)
+
+    generated = FieldSettings.from_mapping({"npix": 16, "n_train": 4, "n_test": 2})
+    make_field_dataset(generated, tmp_path / "g.h5", rejected_path=tmp_path / "none.tsv", on_bad_file="skip")
+    assert (tmp_path / "none.tsv").read_text().strip() == "file\tcode\treason"
 
 
 def test_settings_and_helpers() -> None:

@@ -56,8 +56,8 @@ def test_read_dust_fits_standardises(tmp_path) -> None:
     rng = np.random.default_rng(0)
     a = _write(tmp_path / "a.fits", 5 + 2 * rng.standard_normal((8, 8)))
     b = _write(tmp_path / "b.fits", 5 + 2 * rng.standard_normal((3, 8, 8)))
-    maps, mean, std = read_dust_fits([a, b], 8)
-    assert maps.shape == (4, 8, 8)
+    maps, mean, std, rejected = read_dust_fits([a, b], 8)
+    assert maps.shape == (4, 8, 8) and rejected.empty
     assert abs(maps.mean()) < 1e-12 and abs(maps.std() - 1) < 1e-12 and 4 < mean < 6 and 1.5 < std < 2.5
 
 
@@ -87,9 +87,11 @@ def test_read_dust_fits_checks_the_wcs_pixel_size(tmp_path) -> None:
         return str(tmp_path / name)
 
     matching, coarse = with_cdelt("8arcmin.fits", -8 / 60), with_cdelt("16arcmin.fits", 16 / 60)
-    assert read_dust_fits([matching], 8, pixel_size_arcmin=8.0)[0].shape == (1, 8, 8)
+    assert read_dust_fits([matching], 8, pixel_size_arcmin=8.0).maps.shape == (1, 8, 8)
     with pytest.raises(ValueError, match=r"16arcmin\.fits: pixels are 16 arcmin \(CDELT1\).*pixel_size_arcmin is 8"):
         read_dust_fits([matching, coarse], 8, pixel_size_arcmin=8.0)
-    assert read_dust_fits([coarse], 8)[0].shape == (1, 8, 8)  # no grid given: no check
+    assert read_dust_fits([coarse], 8).maps.shape == (1, 8, 8)  # no grid given: no check
+    skipped = read_dust_fits([matching, coarse, matching], 8, pixel_size_arcmin=8.0, on_bad_file="skip")
+    assert skipped.maps.shape == (2, 8, 8) and list(skipped.rejected.code) == ["pixel_scale"]
     with pytest.raises(ValueError, match=r"CDELT1='x' is not a number"):
         read_dust_fits([with_cdelt("text.fits", "x")], 8, pixel_size_arcmin=8.0)

@@ -29,12 +29,16 @@ rule make_fields:
             caption="../report/separation_fields.rst",
             category="3. Component separation",
         ),
+        # user dust files left out under ingest.on_bad_file: skip (header only when none)
+        rejected="results/separation/dust.rejected.tsv",
         run_id="results/separation/make_fields.run_id",
     log:
         "results/logs/separation/make_fields.log",
     params:
         settings=SEPARATION["fields"],
         seed=SEPARATION_SEED,
+        on_bad_file=config["ingest"]["on_bad_file"],
+        max_rejected_fraction=config["ingest"]["max_rejected_fraction"],
     resources:
         mem_mb=4000,
         runtime=30,

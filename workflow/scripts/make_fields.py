@@ -10,8 +10,11 @@ out = snakemake.output
 settings = FieldSettings.from_mapping({**p.settings, "seed": p.seed})
 
 with job_run(snakemake) as run:
-    summary = make_field_dataset(settings, out.fields)
+    summary = make_field_dataset(settings, out.fields, rejected_path=out.rejected, on_bad_file=p.on_bad_file,
+                                 max_rejected_fraction=p.max_rejected_fraction)
     run.log_metrics(summary)
+    if summary["n_rejected_dust_files"]:
+        run.log_artifact(out.rejected, "manifests")
     fields = read_field_dataset(out.fields, with_train=False)
     fig = fields_overview_figure(fields)
     with atomic_path(out.overview) as tmp:

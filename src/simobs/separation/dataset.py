@@ -28,14 +28,17 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from simobs.io import atomic_path
 from simobs.separation.fields import (
+    MANIFEST_COLUMNS,
     dust_fits_files,
     gaussian_dust,
     gaussian_random_field,
     lognormal_dust,
     read_dust_fits,
+    write_rejected_manifest,
 )
 from simobs.separation.sample import PosteriorSummary
 from simobs.separation.spectra import DEFAULT_COSMOLOGY, cmb_power_2d
@@ -125,20 +128,37 @@ def draw_sigmas(spec: float | Sequence[float], n: int, rng: np.random.Generator)
     return values
 
 
-def make_field_dataset(settings: FieldSettings, out_path: str | os.PathLike[str]) -> dict[str, Any]:
+def make_field_dataset(
+    settings: FieldSettings,
+    out_path: str | os.PathLike[str],
+    *,
+    rejected_path: str | os.PathLike[str] | None = None,
+    on_bad_file: str = "fail",
+    max_rejected_fraction: float = 0.5,
+) -> dict[str, Any]:
     """Generate CMB and dust maps, split train/test, form observations and write ``fields.h5`` atomically.
 
+    Args:
+        settings: the ``separation.fields`` config.
+        out_path: the field dataset (HDF5).
+        rejected_path: where to list the user dust files left out (``dust.kind: fits``
+            under ``on_bad_file='skip'``); written, header only when none, for every kind.
+        on_bad_file, max_rejected_fraction: the image ingestion's bad-file policy
+            (config ``ingest``), applied to the dust FITS files.
+
     Returns:
-        A summary (counts, σ range, dust skewness, CMB pixel variance) for logging.
+        A summary (counts, σ range, dust skewness, CMB pixel variance, rejected files) for logging.
     """
     rng = np.random.default_rng(settings.seed)
     npix = settings.npix
     cmb_power, cl, cmb_var = cmb_power_2d(npix, settings.pixel_size_arcmin, settings.cosmology)
     attrs: dict[str, Any] = {"dust_fits_mean": 0.0, "dust_fits_std": 1.0}
     dust = settings.dust
+    rejected = pd.DataFrame(columns=MANIFEST_COLUMNS)
     if dust.kind == "fits":
-        maps, attrs["dust_fits_mean"], attrs["dust_fits_std"] = read_dust_fits(
-            dust_fits_files(asdict(dust)), npix, settings.pixel_size_arcmin
+        maps, attrs["dust_fits_mean"], attrs["dust_fits_std"], rejected = read_dust_fits(
+            dust_fits_files(asdict(dust)), npix, settings.pixel_size_arcmin,
+            on_bad_file=on_bad_file, max_rejected_fraction=max_rejected_fraction,
         )
         maps = maps[rng.permutation(len(maps))]
         n_test = max(1, int(round(dust.test_fraction * len(maps))))
@@ -173,7 +193,10 @@ def make_field_dataset(settings: FieldSettings, out_path: str | os.PathLike[str]
         f.attrs["dust"] = json.dumps(asdict(dust))
         f.attrs["sigma"] = json.dumps(settings.sigma)
         f.attrs["seed"] = settings.seed
+    if rejected_path is not None:
+        write_rejected_manifest(rejected, rejected_path)
     return {
+        "n_rejected_dust_files": len(rejected),
         "n_train": len(train_dust),
         "n_test": len(test_dust),
         "sigma_min": float(sigma.min()),

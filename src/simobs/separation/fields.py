@@ -7,23 +7,52 @@ orthonormal-FFT convention of :mod:`simobs.separation.spectra`.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
 
+from simobs.io import atomic_path
 from simobs.separation.spectra import fourier_wavenumbers
 
 __all__ = [
+    "BadDustFile",
+    "DustMaps",
     "gaussian_random_field",
     "power_law_power_2d",
     "lognormal_dust",
     "gaussian_dust",
     "read_dust_fits",
+    "write_rejected_manifest",
     "dust_fits_files",
 ]
+
+
+log = logging.getLogger(__name__)
+
+#: Columns of the rejected-files manifest, as in the image ingestion (``<source>.rejected.tsv``).
+MANIFEST_COLUMNS = ["file", "code", "reason"]
+
+
+class BadDustFile(ValueError):
+    """A user dust map that cannot be used; the message names the file, ``code`` the category."""
+
+    def __init__(self, reason: str, code: str = "invalid") -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class DustMaps(NamedTuple):
+    """Standardised user dust maps and what was left out."""
+
+    maps: np.ndarray  #: (n, npix, npix), zero mean and unit variance over all maps
+    mean: float  #: the files' mean, in their units
+    std: float  #: the files' standard deviation, in their units
+    rejected: pd.DataFrame  #: one row per skipped file (:data:`MANIFEST_COLUMNS`)
 
 
 def gaussian_random_field(power: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,12 +130,13 @@ def _check_pixel_size(path: Path, header: Any, pixel_size_arcmin: float | None) 
         try:
             size = abs(float(header[key])) * 60.0
         except (TypeError, ValueError):
-            raise ValueError(f"{path}: header {key}={header[key]!r} is not a number (degrees per pixel)") from None
+            raise BadDustFile(f"{path}: header {key}={header[key]!r} is not a number (degrees per pixel)",
+                              "bad_header") from None
         if not np.isclose(size, pixel_size_arcmin, rtol=0.01):
-            raise ValueError(
+            raise BadDustFile(
                 f"{path}: pixels are {size:.4g} arcmin ({key}) but separation.fields.pixel_size_arcmin is "
                 f"{pixel_size_arcmin}; the CMB is drawn on that grid, so resample the maps or set "
-                "pixel_size_arcmin to their pixel size"
+                "pixel_size_arcmin to their pixel size", "pixel_scale"
             )
 
 
@@ -117,31 +147,40 @@ def _load_fits_maps(path: Path, npix: int, pixel_size_arcmin: float | None = Non
         with fits.open(path, memmap=False) as hdul:
             hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2), None)
             if hdu is None:
-                raise ValueError(f"{path}: no image HDU with 2-D or 3-D data; store the dust map as an image HDU")
+                raise BadDustFile(f"{path}: no image HDU with 2-D or 3-D data; store the dust map as an image HDU",
+                                  "missing_hdu")
             _check_pixel_size(path, hdu.header, pixel_size_arcmin)
             data = np.asarray(hdu.data, dtype=np.float64)
-    except OSError as err:
-        raise ValueError(f"{path}: not a readable FITS file ({err}); dust maps must be FITS images") from err
+    except BadDustFile:
+        raise
+    except Exception as err:  # astropy raises OSError, ValueError, TypeError... for broken files
+        raise BadDustFile(f"{path}: not a readable FITS file ({err}); dust maps must be complete FITS images",
+                          "not_fits") from err
     shape = data.shape
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[1:] != (npix, npix):
-        raise ValueError(
+        raise BadDustFile(
             f"{path}: dust map has shape {shape}, expected ({npix}, {npix}) or (n, {npix}, {npix}); "
-            f"cut the maps to {npix}x{npix} or set separation.fields.npix to their size"
+            f"cut the maps to {npix}x{npix} or set separation.fields.npix to their size", "wrong_shape"
         )
     bad = ~np.isfinite(data)
     if bad.any():
-        raise ValueError(
+        raise BadDustFile(
             f"{path}: {int(bad.sum())} NaN/inf pixels; fill or mask them before use (the diffusion prior "
-            "needs complete periodic maps)"
+            "needs complete periodic maps)", "non_finite"
         )
     return data
 
 
 def read_dust_fits(
-    paths: Sequence[str | os.PathLike[str]], npix: int, pixel_size_arcmin: float | None = None
-) -> tuple[np.ndarray, float, float]:
+    paths: Sequence[str | os.PathLike[str]],
+    npix: int,
+    pixel_size_arcmin: float | None = None,
+    *,
+    on_bad_file: str = "fail",
+    max_rejected_fraction: float = 0.5,
+) -> DustMaps:
     """Read user dust maps (e.g. MHD simulations) from FITS files, validated and standardised.
 
     Each file holds one map ``(npix, npix)`` or a stack ``(n, npix, npix)`` in its first
@@ -150,20 +189,48 @@ def read_dust_fits(
     maps are kept.  When ``pixel_size_arcmin`` is given and a header carries the WCS
     pixel size (``CDELT1``/``CDELT2``, degrees), the two must agree within 1 %.
 
-    Returns:
-        ``(maps (n, npix, npix) float64, mean, std)`` — mean and std in the files' units.
+    Bad files follow the image ingestion's policy (config ``ingest.on_bad_file``):
+    ``fail`` stops at the first one, ``skip`` lists each in :attr:`DustMaps.rejected`
+    with its reason and goes on, unless more than ``max_rejected_fraction`` of the files
+    are bad (usually a wrong ``npix`` or pixel size in the config).
 
     Raises:
-        ValueError: no files, a file that is not FITS, wrong shape or pixel size, NaN/inf
-            (the message names the file).
+        ValueError: no files; a file that is not FITS, has the wrong shape or pixel size
+            or NaN/inf pixels (policy ``fail``; the message names the file); too many bad
+            files (``skip``); constant maps.
     """
+    if on_bad_file not in ("skip", "fail"):
+        raise ValueError(f"ingest.on_bad_file must be 'skip' or 'fail', not {on_bad_file!r}")
     if not paths:
         raise ValueError("no dust FITS files given: set separation.fields.dust.fits_files (paths or globs)")
-    maps = np.concatenate([_load_fits_maps(Path(p), npix, pixel_size_arcmin) for p in paths])
+    parts, rejected = [], []
+    for p in paths:
+        try:
+            parts.append(_load_fits_maps(Path(p), npix, pixel_size_arcmin))
+        except BadDustFile as exc:
+            if on_bad_file == "fail":
+                raise BadDustFile(f"{exc} (or set ingest.on_bad_file: skip to list bad dust files and go on)",
+                                  exc.code) from exc
+            log.warning("rejected dust map %s", exc)
+            rejected.append({"file": str(p), "code": exc.code, "reason": str(exc)})
+    frame = pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)
+    if not parts or len(rejected) > max_rejected_fraction * len(paths):
+        first = "; ".join(frame["reason"].head(3))
+        raise ValueError(
+            f"{len(rejected)} of {len(paths)} dust FITS files rejected (more than ingest.max_rejected_fraction="
+            f"{max_rejected_fraction}); check separation.fields.npix and pixel_size_arcmin. First reasons: {first}"
+        )
+    maps = np.concatenate(parts)
     mean, std = float(maps.mean()), float(maps.std())
     if std == 0:
         raise ValueError(f"dust maps in {list(map(str, paths))} are constant; nothing to separate")
-    return (maps - mean) / std, mean, std
+    return DustMaps((maps - mean) / std, mean, std, frame)
+
+
+def write_rejected_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write the rejected-files manifest (tab-separated, header only when nothing was rejected), atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False)
 
 
 def dust_fits_files(dust: Mapping[str, Any]) -> list[str]:
