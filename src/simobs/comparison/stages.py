@@ -27,7 +27,6 @@ from simobs.comparison.projection import ProjectionSettings, project_embeddings
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
 from simobs.io import atomic_path
 
-
 __all__ = ["StageOutput", "save_figure", "write_table", "run_projection", "run_train_classifier", "run_model_posterior"]
 
 log = logging.getLogger(__name__)
@@ -207,9 +206,9 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     for i, e in enumerate(sets):
         z = clf.logits(e.embedding)
         probs = posterior_model_probabilities(z, prior)
-        threshold = scorer.thresholds(tpr, e.embedding, reference)[method]
+        threshold = scorer.thresholds(tpr, z, reference)[method]
         metrics[f"{e.source}_ood_threshold"] = threshold
-        flagged = scorer.scores(e.embedding)[method] > threshold
+        flagged = scorer.scores(e.embedding, z)[method] > threshold
         t = pd.DataFrame({"source": e.source, "id": e.ids, "ood_flagged": flagged})
         for k, n in enumerate(names):
             t[f"p_{n}"] = probs[:, k]

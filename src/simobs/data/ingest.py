@@ -254,8 +254,7 @@ def ingest_shard(
             n_images += len(block[0])
         h5.attrs["n_files"] = len(files)
     frame = pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)
-    with atomic_path(manifest) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False)
+    write_manifest(frame, manifest)
     return ShardResult(n_files=len(files), n_images=n_images, rejected=frame)
 
 
@@ -307,13 +306,13 @@ def merge_shards(
     n_images = int(sum(m.sum() for m in keep_masks))
     n_rejected = len(manifest)
     if n_images == 0:
-        _write_manifest(manifest, manifest_out)
+        write_manifest(manifest, manifest_out)
         raise IngestError(
             f"source {source!r}: none of its {n_files} files could be ingested; the reasons are in "
             f"{manifest_out}. Check the source's layout, bands and header keywords in the config."
         )
     if n_files and n_rejected / n_files > max_rejected_fraction:
-        _write_manifest(manifest, manifest_out)
+        write_manifest(manifest, manifest_out)
         raise IngestError(
             f"source {source!r}: {n_rejected} of {n_files} files were rejected (more than "
             f"ingest.max_rejected_fraction = {max_rejected_fraction}); the reasons are in {manifest_out}. "
@@ -360,11 +359,12 @@ def merge_shards(
                 "simobs_version": __version__,
             }
         )
-    _write_manifest(manifest, manifest_out)
+    write_manifest(manifest, manifest_out)
     return ShardResult(n_files=n_files, n_images=n_images, rejected=manifest)
 
 
-def _write_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+def write_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write a rejected-files manifest (:data:`MANIFEST_COLUMNS`, tab-separated) atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False)
 

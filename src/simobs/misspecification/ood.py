@@ -30,6 +30,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp, softmax
 
+from simobs.comparison.posterior import aggregate_log_posterior
+
 __all__ = [
     "energy_score",
     "max_softmax_score",
@@ -118,7 +120,4 @@ def reference_model_weights(observed_logits: np.ndarray | None, n_models: int, r
         return np.full(n_models, 1.0 / n_models)
     if reference != "posterior":
         raise ValueError(f"unknown OOD reference {reference!r}; choose 'posterior' or 'pooled'")
-    from scipy.special import log_softmax
-
-    log_post = log_softmax(_logits(observed_logits), axis=1).sum(axis=0)
-    return np.exp(log_post - logsumexp(log_post))
+    return np.exp(aggregate_log_posterior(_logits(observed_logits)))

@@ -133,22 +133,22 @@ class OODScorer:
         self.held_labels = np.concatenate(labels)
         self.held_scores = self.scores(np.concatenate(held))
 
-    def scores(self, embedding: np.ndarray) -> dict[str, np.ndarray]:
-        """Every OOD score of (N, D) embeddings."""
-        z = self.classifier.logits(embedding)
+    def scores(self, embedding: np.ndarray, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every OOD score of (N, D) embeddings (``logits``: their classifier logits, when already computed)."""
+        z = self.classifier.logits(embedding) if logits is None else logits
         return {"knn": self.knn.score(embedding), "energy": energy_score(z), "max_softmax": max_softmax_score(z)}
 
-    def thresholds(self, tpr: float = 0.95, observed_embedding: np.ndarray | None = None,
+    def thresholds(self, tpr: float = 0.95, observed_logits: np.ndarray | None = None,
                    reference: str = "pooled") -> dict[str, float]:
         """Threshold per score: the weighted TPR quantile of the held-out simulations' scores.
 
-        With ``observed_embedding`` and ``reference='posterior'`` each model's held-out
-        galaxies are weighted by the observed sample's aggregate posterior probability of
-        that model; otherwise every model weighs the same.
+        With ``observed_logits`` (the classifier's logits of an observed sample) and
+        ``reference='posterior'`` each model's held-out galaxies are weighted by the
+        observed sample's aggregate posterior probability of that model; otherwise every
+        model weighs the same.
         """
         k = len(self.classifier.class_names)
-        logits = None if observed_embedding is None else self.classifier.logits(observed_embedding)
-        w_model = reference_model_weights(logits, k, reference if logits is not None else "pooled")
+        w_model = reference_model_weights(observed_logits, k, reference if observed_logits is not None else "pooled")
         counts = np.bincount(self.held_labels, minlength=k).astype(np.float64)
         weights = w_model[self.held_labels] / np.maximum(counts[self.held_labels], 1.0)
         return {m: ood_threshold(s, tpr, weights=weights) for m, s in self.held_scores.items()}

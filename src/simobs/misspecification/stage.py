@@ -81,10 +81,11 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
                        knn_components=int(ood_cfg.get("knn_components", 128)))
     # Simulations are compared with the pooled held-out simulations; each observed sample
     # with the held-out simulations weighted by its posterior model probabilities.
+    logits = {e.source: clf.logits(e.embedding) for e in sets}
     thr = scorer.thresholds(tpr)
     thresholds = {e.source: thr for e in sim_sets}
     for o in obs_sets:
-        thresholds[o.source] = scorer.thresholds(tpr, o.embedding, ood_cfg.get("reference", "pooled"))
+        thresholds[o.source] = scorer.thresholds(tpr, logits[o.source], ood_cfg.get("reference", "pooled"))
     stat, q = typ_cfg.get("statistic", "recon_error"), float(typ_cfg.get("quantile", 0.99))
     typ_thr = typical_set_threshold(np.concatenate([e.recon_error if stat == "recon_error" else e.elbo for e in obs_sets]),
                                     stat, q)
@@ -92,7 +93,7 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     # 1 + 2: per-image scores
     frames = []
     for e in sets:
-        sc = scorer.scores(e.embedding)
+        sc = scorer.scores(e.embedding, logits[e.source])
         flags = flag_all(sc, thresholds[e.source])
         values = e.recon_error if stat == "recon_error" else e.elbo
         frames.append(pd.DataFrame({

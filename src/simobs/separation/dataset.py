@@ -30,15 +30,14 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from simobs.data.ingest import MANIFEST_COLUMNS, write_manifest
 from simobs.io import atomic_path
 from simobs.separation.fields import (
-    MANIFEST_COLUMNS,
     dust_fits_files,
     gaussian_dust,
     gaussian_random_field,
     lognormal_dust,
     read_dust_fits,
-    write_rejected_manifest,
 )
 from simobs.separation.sample import PosteriorSummary
 from simobs.separation.spectra import DEFAULT_COSMOLOGY, cmb_power_2d
@@ -194,7 +193,7 @@ def make_field_dataset(
         f.attrs["sigma"] = json.dumps(settings.sigma)
         f.attrs["seed"] = settings.seed
     if rejected_path is not None:
-        write_rejected_manifest(rejected, rejected_path)
+        write_manifest(rejected, rejected_path)
     return {
         "n_rejected_dust_files": len(rejected),
         "n_train": len(train_dust),

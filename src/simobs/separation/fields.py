@@ -16,35 +16,22 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from simobs.io import atomic_path
+from simobs.data.fits_io import RejectedFile
+from simobs.data.ingest import MANIFEST_COLUMNS
 from simobs.separation.spectra import fourier_wavenumbers
 
 __all__ = [
-    "BadDustFile",
     "DustMaps",
     "gaussian_random_field",
     "power_law_power_2d",
     "lognormal_dust",
     "gaussian_dust",
     "read_dust_fits",
-    "write_rejected_manifest",
     "dust_fits_files",
 ]
 
 
 log = logging.getLogger(__name__)
-
-#: Columns of the rejected-files manifest, as in the image ingestion (``<source>.rejected.tsv``).
-MANIFEST_COLUMNS = ["file", "code", "reason"]
-
-
-class BadDustFile(ValueError):
-    """A user dust map that cannot be used; the message names the file, ``code`` the category."""
-
-    def __init__(self, reason: str, code: str = "invalid") -> None:
-        super().__init__(reason)
-        self.code = code
-
 
 class DustMaps(NamedTuple):
     """Standardised user dust maps and what was left out."""
@@ -130,10 +117,10 @@ def _check_pixel_size(path: Path, header: Any, pixel_size_arcmin: float | None) 
         try:
             size = abs(float(header[key])) * 60.0
         except (TypeError, ValueError):
-            raise BadDustFile(f"{path}: header {key}={header[key]!r} is not a number (degrees per pixel)",
-                              "bad_header") from None
+            raise RejectedFile(f"{path}: header {key}={header[key]!r} is not a number (degrees per pixel)",
+                               "bad_header") from None
         if not np.isclose(size, pixel_size_arcmin, rtol=0.01):
-            raise BadDustFile(
+            raise RejectedFile(
                 f"{path}: pixels are {size:.4g} arcmin ({key}) but separation.fields.pixel_size_arcmin is "
                 f"{pixel_size_arcmin}; the CMB is drawn on that grid, so resample the maps or set "
                 "pixel_size_arcmin to their pixel size", "pixel_scale"
@@ -147,26 +134,26 @@ def _load_fits_maps(path: Path, npix: int, pixel_size_arcmin: float | None = Non
         with fits.open(path, memmap=False) as hdul:
             hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.data.ndim >= 2), None)
             if hdu is None:
-                raise BadDustFile(f"{path}: no image HDU with 2-D or 3-D data; store the dust map as an image HDU",
-                                  "missing_hdu")
+                raise RejectedFile(f"{path}: no image HDU with 2-D or 3-D data; store the dust map as an image HDU",
+                                   "missing_hdu")
             _check_pixel_size(path, hdu.header, pixel_size_arcmin)
             data = np.asarray(hdu.data, dtype=np.float64)
-    except BadDustFile:
+    except RejectedFile:
         raise
     except Exception as err:  # astropy raises OSError, ValueError, TypeError... for broken files
-        raise BadDustFile(f"{path}: not a readable FITS file ({err}); dust maps must be complete FITS images",
-                          "not_fits") from err
+        raise RejectedFile(f"{path}: not a readable FITS file ({err}); dust maps must be complete FITS images",
+                           "not_fits") from err
     shape = data.shape
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[1:] != (npix, npix):
-        raise BadDustFile(
+        raise RejectedFile(
             f"{path}: dust map has shape {shape}, expected ({npix}, {npix}) or (n, {npix}, {npix}); "
             f"cut the maps to {npix}x{npix} or set separation.fields.npix to their size", "wrong_shape"
         )
     bad = ~np.isfinite(data)
     if bad.any():
-        raise BadDustFile(
+        raise RejectedFile(
             f"{path}: {int(bad.sum())} NaN/inf pixels; fill or mask them before use (the diffusion prior "
             "needs complete periodic maps)", "non_finite"
         )
@@ -207,10 +194,9 @@ def read_dust_fits(
     for p in paths:
         try:
             parts.append(_load_fits_maps(Path(p), npix, pixel_size_arcmin))
-        except BadDustFile as exc:
+        except RejectedFile as exc:
             if on_bad_file == "fail":
-                raise BadDustFile(f"{exc} (or set ingest.on_bad_file: skip to list bad dust files and go on)",
-                                  exc.code) from exc
+                raise ValueError(f"{exc} (or set ingest.on_bad_file: skip to list bad dust files and go on)") from exc
             log.warning("rejected dust map %s", exc)
             rejected.append({"file": str(p), "code": exc.code, "reason": str(exc)})
     frame = pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)
@@ -225,12 +211,6 @@ def read_dust_fits(
     if std == 0:
         raise ValueError(f"dust maps in {list(map(str, paths))} are constant; nothing to separate")
     return DustMaps((maps - mean) / std, mean, std, frame)
-
-
-def write_rejected_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write the rejected-files manifest (tab-separated, header only when nothing was rejected), atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False)
 
 
 def dust_fits_files(dust: Mapping[str, Any]) -> list[str]:
