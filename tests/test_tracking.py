@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,29 +81,6 @@ def test_failed_job_is_marked_failed_and_writes_no_run_id(tmp_path, monkeypatch)
     runs = client(tmp_path).search_runs([client(tmp_path).get_experiment_by_name("t").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "boom" in (tmp_path / "job.log").read_text()
-
-
-def _worker(args):
-    tmp, i = args
-    os.chdir(tmp)
-    smk = fake_smk(Path(tmp), rule=f"r{i}", wildcards={"i": str(i)})
-    with job_run(smk) as run:
-        for step in range(5):
-            run.log_metrics({"m": step}, step=step)
-    return run.run_id
-
-
-@pytest.mark.slow
-def test_concurrent_jobs_do_not_fail_on_sqlite_locks(tmp_path):
-    # Create the store first, as the Snakefile's onstart does.
-    os.chdir(tmp_path)
-    start_invocation({"study": "t", "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}})
-    with mp.get_context("spawn").Pool(6) as pool:
-        ids = pool.map(_worker, [(str(tmp_path), i) for i in range(12)])
-    c = client(tmp_path)
-    assert len(set(ids)) == 12
-    assert all(c.get_run(i).info.status == "FINISHED" for i in ids)
-    assert all(len(c.get_metric_history(i, "m")) == 5 for i in ids)
 
 
 def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Command-line helpers around the workflow: ``python -m simobs.cli where|ui``.
 
 ``where`` prints where a study's results are and how to open its dashboard;
-``ui`` starts the MLflow dashboard on 127.0.0.1 against the study's tracking store.
+``ui`` starts the MLflow dashboard on 127.0.0.1 against the study's tracking store;
+``replay`` sends the runs journalled while the store failed (``tracking.on_error: warn``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from simobs.tracking import TrackingSettings
+from simobs.tracking import TrackingSettings, replay_missing
+from simobs.tracking_journal import JOURNAL
 
 DEFAULT_CONFIG = Path("config/config.yaml")
 
@@ -71,12 +73,17 @@ def runs_url(config: Mapping[str, Any], port: int) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simobs.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("where", "ui"):
+    for name in ("where", "ui", "replay"):
         p = sub.add_parser(name)
         p.add_argument("--configfile", action="append", default=[], help="study config(s) layered on config/config.yaml")
         p.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     config = load_config(args.configfile)
+    if args.command == "replay":
+        result = replay_missing(TrackingSettings.from_config(config))
+        print(f"replayed {result.replayed} journalled MLflow run(s); {result.left} left in {JOURNAL}"
+              + (f" ({result.error})" if result.error else ""))
+        return 1 if result.left else 0
     if args.command == "where":
         settings = TrackingSettings.from_config(config)
         print(f"\nStudy '{config.get('study')}' finished. Results are in {Path('results').resolve()}:")

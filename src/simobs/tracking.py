@@ -19,16 +19,24 @@ Snakefile's ``onstart`` handler (:func:`start_invocation`).
 SQLite is the default store.  Several jobs finishing at once contend for its write lock;
 every store call is retried with jittered exponential back-off, so no job fails because
 another one is writing.
+
+A store that fails otherwise (a server that is down, a read-only SQLite file) follows
+``tracking.on_error``: ``fail`` stops the job with :class:`TrackingStoreError`; ``warn``
+lets it finish and journals its run (:mod:`simobs.tracking_journal`) for a later replay.
+Each run also records the resolved config, package versions and seeds
+(:meth:`JobRun.log_provenance`); user names and passwords in URIs are never logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -40,11 +48,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from simobs import __version__
+from simobs import tracking_journal as journal
 from simobs.io import config_digest, file_digest, write_text_atomic
 
 __all__ = [
     "JobRun",
     "TrackingSettings",
+    "TrackingStoreError",
+    "STORE_RETRIES",
+    "package_versions",
+    "redact",
+    "replay_missing",
     "job_run",
     "start_invocation",
     "end_invocation",
@@ -78,12 +92,15 @@ class TrackingSettings:
         experiment: experiment name (one per study).
         artifact_location: folder for artefacts of a new experiment (SQLite stores only).
         enabled: ``False`` turns tracking off (the ``run_id`` files then hold ``untracked``).
+        on_error: what a job does when the store fails: ``fail`` (raise) or ``warn``
+            (log, finish the job, journal the run for a later replay).
     """
 
     uri: str = "sqlite:///results/tracking/mlflow.db"
     experiment: str = "simobs"
     artifact_location: str = "results/tracking/artifacts"
     enabled: bool = True
+    on_error: str = "fail"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrackingSettings:
@@ -97,7 +114,14 @@ class TrackingSettings:
             experiment=str(section.get("experiment") or config.get("study") or cls.experiment),
             artifact_location=str(section.get("artifact_location", cls.artifact_location)),
             enabled=bool(section.get("enabled", True)),
+            on_error=_on_error(section.get("on_error", cls.on_error)),
         )
+
+
+def _on_error(value: Any) -> str:
+    if value not in ("fail", "warn"):
+        raise ValueError(f"tracking.on_error: {value!r} is not one of 'fail', 'warn'")
+    return str(value)
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -107,9 +131,28 @@ def resolve_tracking_uri(uri: str) -> str:
         path = Path(uri[len(prefix):])
         if not path.is_absolute():
             path = Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only path is reported when the store is opened
+            path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path.resolve())
     return uri
+
+
+def check_store_writable(uri: str) -> None:
+    """Raise ``PermissionError`` naming the path when a SQLite store cannot be written.
+
+    Checked before opening the store: SQLite reports a read-only folder as "unable to
+    open database file", which the lock retries would otherwise retry for a minute.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    path = Path(uri[len(prefix):])
+    folder = path.parent
+    if not folder.is_dir():
+        raise PermissionError(f"SQLite tracking store {path}: folder {folder} does not exist and cannot be created")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"SQLite tracking store {path} is on a read-only path (SQLite needs to write "
+                              f"the file and its folder {folder})")
 
 
 def _artifact_uri(location: str) -> str:
@@ -130,11 +173,16 @@ def _is_lock_error(exc: BaseException) -> bool:
     return any(word in text for word in _LOCK_WORDS)
 
 
+#: Lock retries of this process so far (read by the tests and logged at each job's end).
+STORE_RETRIES = {"count": 0}
+
+
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 12, base_delay: float = 0.2) -> T:
     """Call ``fn``, retrying with jittered exponential back-off while the store is locked.
 
     Only lock/busy errors are retried; anything else is raised at once.  With the
-    defaults the last try comes after about a minute of waiting.
+    defaults the last try comes after about a minute of waiting.  Each retry is counted
+    in :data:`STORE_RETRIES`.
     """
     for attempt in range(attempts):
         try:
@@ -142,6 +190,7 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 12, base_del
         except Exception as exc:  # noqa: BLE001 - we re-raise anything that is not a lock error
             if not _is_lock_error(exc) or attempt == attempts - 1:
                 raise
+            STORE_RETRIES["count"] += 1
             delay = min(base_delay * 2**attempt, 10.0) * (0.5 + random.random())
             log.debug("MLflow store busy during %s (%s); retrying in %.2f s", what, exc, delay)
             time.sleep(delay)
@@ -185,11 +234,13 @@ def git_state(repo: str | os.PathLike[str] | None = None) -> dict[str, str]:
 def _client(settings: TrackingSettings):  # -> MlflowClient (imported lazily: mlflow is slow to import)
     from mlflow import MlflowClient
 
+    check_store_writable(settings.uri)
     return MlflowClient(tracking_uri=settings.uri)
 
 
 def ensure_experiment(settings: TrackingSettings) -> str:
     """Return the experiment id, creating the experiment if needed (race-safe)."""
+    check_store_writable(settings.uri)
     client = _client(settings)
 
     def get_or_create() -> str:
@@ -224,19 +275,18 @@ def start_invocation(
 ) -> str | None:
     """Create the parent run of one ``snakemake`` invocation (called from ``onstart``).
 
-    Returns its run id (also written to :data:`INVOCATION_FILE` for the jobs), or
-    ``None`` when tracking is disabled.
+    Replays the journal of runs that missed the store first.  Returns the run id (also
+    written to :data:`INVOCATION_FILE` for the jobs; a ``pending-`` id when the store
+    failed under ``on_error: warn``), or ``None`` when tracking is disabled.
     """
     settings = TrackingSettings.from_config(config)
     if not settings.enabled:
         return None
-    exp_id = ensure_experiment(settings)
-    client = _client(settings)
     git = git_state(repo)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     tags = {
         "simobs.kind": "invocation",
-        "simobs.command": " ".join(argv if argv is not None else sys.argv)[:5000],
+        "simobs.command": redact(" ".join(argv if argv is not None else sys.argv))[:5000],
         "simobs.config_digest": config_digest(config),
         "simobs.version": __version__,
         "mlflow.source.git.commit": git["commit"],
@@ -244,26 +294,80 @@ def start_invocation(
         "host": socket.gethostname(),
         "mlflow.user": _user(),
     }
-    run = with_retries(
-        lambda: client.create_run(exp_id, run_name=f"snakemake · {stamp}", tags=tags), what="invocation run"
-    )
-    with_retries(
-        lambda: client.log_batch(run.info.run_id, params=_params(flatten(config, "config."))),
-        what="invocation params",
-    )
-    write_text_atomic(INVOCATION_FILE, json.dumps({"run_id": run.info.run_id, "experiment_id": exp_id}))
-    return run.info.run_id
+    run = _open_run(settings, f"snakemake · {stamp}", tags, what="invocation start", replay=True)
+    run.log_params(config, "config.")
+    run.log_provenance(config)
+    run._write_journal()
+    write_text_atomic(INVOCATION_FILE, json.dumps({"run_id": run.run_id}))
+    return run.run_id
 
 
 def end_invocation(config: Mapping[str, Any], *, success: bool) -> None:
-    """Mark the invocation run finished or failed (called from ``onsuccess``/``onerror``)."""
+    """Mark the invocation run finished or failed (called from ``onsuccess``/``onerror``).
+
+    Then replays the journal, so that runs journalled during the invocation reach a store
+    that has come back.
+    """
     settings = TrackingSettings.from_config(config)
     run_id = _read_invocation().get("run_id")
     if not settings.enabled or not run_id:
         return
-    client = _client(settings)
-    status = "FINISHED" if success else "FAILED"
-    with_retries(lambda: client.set_terminated(run_id, status=status), what="invocation end")
+    run = JobRun(run_id=run_id, settings=settings, _pending_id=journal.new_pending_id())
+    try:
+        if journal.is_pending(run_id):  # journal the end too; replay resolves the id
+            run._offline, run._error = [], "the invocation run is journalled"
+        else:
+            run._client = _client(settings)
+    except Exception as exc:  # noqa: BLE001 - on_error decides
+        run._fail(exc, "invocation end")
+    run._send({"op": "end", "status": "FINISHED" if success else "FAILED", "t": _now_ms()})
+    run._write_journal()
+    try:
+        replay_missing(settings)
+    except Exception as exc:  # noqa: BLE001 - the journal stays for the next invocation
+        log.warning("journalled MLflow runs not replayed (%s); they stay in %s", redact(str(exc)), journal.JOURNAL)
+
+
+def replay_missing(settings: TrackingSettings) -> journal.ReplayResult:
+    """Send the journalled runs (:data:`simobs.tracking_journal.JOURNAL`) to the store.
+
+    Raises when the store cannot be opened; a run that fails to replay stays in the
+    journal (``left`` of the result, with the reason in ``error``).
+    """
+    if not settings.enabled or not journal.JOURNAL.exists():
+        return journal.ReplayResult(0, 0)
+    exp_id = ensure_experiment(settings)
+    result = journal.replay(_client(settings), exp_id, lambda fn, what: with_retries(fn, what=what))
+    if result.replayed or result.left:
+        log.warning("replayed %d journalled MLflow run(s) into %s; %d left in %s%s", result.replayed,
+                    redact(settings.uri), result.left, journal.JOURNAL,
+                    f" ({redact(result.error)})" if result.error else "")
+    return result
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _open_run(settings: TrackingSettings, name: str, tags: Mapping[str, str], *, what: str,
+              replay: bool = False) -> JobRun:
+    """Create a run in the store, or (``on_error: warn``, store failing) a journalled one."""
+    tags = {k: redact(str(v))[:5000] for k, v in tags.items()}
+    pending = journal.new_pending_id()
+    run = JobRun(run_id=pending, settings=settings, _pending_id=pending,
+                 _create={"run_name": name, "tags": tags, "t": _now_ms()})
+    try:
+        exp_id = ensure_experiment(settings)
+        if replay:
+            replay_missing(settings)
+        client = _client(settings)
+        created = with_retries(lambda: client.create_run(exp_id, run_name=name, tags=tags), what="run creation")
+    except Exception as exc:  # noqa: BLE001 - on_error decides
+        run._fail(exc, what)
+        return run
+    run.run_id, run._client, run._create = created.info.run_id, client, None
+    log.info("MLflow run %s (%s) in experiment %r at %s", run.run_id, name, settings.experiment, redact(settings.uri))
+    return run
 
 
 def _user() -> str:
@@ -273,67 +377,117 @@ def _user() -> str:
         return "unknown"
 
 
-def _params(params: Mapping[str, str]):
-    from mlflow.entities import Param
-
-    return [Param(k, v) for k, v in params.items()]
-
-
 # --------------------------------------------------------------------------- job runs
+
+
+class TrackingStoreError(RuntimeError):
+    """The tracking store failed and ``tracking.on_error`` is ``fail``."""
 
 
 @dataclass
 class JobRun:
-    """The MLflow run of one Snakemake job.  Create it with :func:`job_run`."""
+    """The MLflow run of one Snakemake job.  Create it with :func:`job_run`.
+
+    Every store call goes through :meth:`_send`.  When the store fails, ``on_error:
+    fail`` raises :class:`TrackingStoreError`; ``on_error: warn`` logs a warning and
+    keeps this and every later op of the run for the journal
+    (:mod:`simobs.tracking_journal`), written when the job ends.
+    """
 
     run_id: str
     settings: TrackingSettings
     _client: Any = field(repr=False, default=None)
+    _pending_id: str = ""
+    _create: dict[str, Any] | None = field(repr=False, default=None)
+    _offline: list[dict[str, Any]] | None = field(repr=False, default=None)
+    _error: str = ""
 
     @property
     def enabled(self) -> bool:
-        return self._client is not None
+        """``True`` while the run reaches the store (not disabled, not journalled)."""
+        return self._client is not None and self._offline is None
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T | None:
-        if self._client is None:
-            return None
-        return with_retries(fn, what=what)
+    @property
+    def _active(self) -> bool:
+        return self._client is not None or self._offline is not None
+
+    @property
+    def journalled(self) -> bool:
+        """``True`` once the store failed and the run's ops go to the journal."""
+        return self._offline is not None
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        where = redact(self.settings.uri)
+        message = f"MLflow tracking store {where} failed during {what}: {redact(str(exc))[:2000]}"
+        if self.settings.on_error == "fail":
+            raise TrackingStoreError(
+                message + "\n(set tracking.on_error: warn to keep the job going and journal its run in "
+                f"{journal.JOURNAL}; fix the store or tracking.uri / SIMOBS_TRACKING_URI)"
+            ) from exc
+        log.warning("%s; the job goes on and its run is kept in %s until the store is back "
+                    "(replayed by the next snakemake run or `python -m simobs.cli replay`)", message, journal.JOURNAL)
+        self._offline = []
+        self._error = message
+
+    def _send(self, op: dict[str, Any]) -> None:
+        if not self._active:
+            return  # tracking disabled
+        if self._offline is None:
+            try:
+                with_retries(lambda: journal.apply_op(self._client, self.run_id, op), what=op["op"])
+                return
+            except Exception as exc:  # noqa: BLE001 - on_error decides
+                self._fail(exc, op["op"])
+        if op["op"] == "artifact":
+            op = {**op, "path": journal.spool_file(self._pending_id, op["path"])}
+        self._offline.append(op)
+
+    def _write_journal(self) -> None:
+        if self._offline is None:
+            return
+        journal.append({
+            "pending_id": self._pending_id,
+            "run_id": None if self._create is not None else self.run_id,
+            "create": self._create,
+            "ops": self._offline,
+            "error": self._error,
+            "experiment": self.settings.experiment,
+        })
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
-        """Log (nested) parameters, flattened to ``a.b.c`` keys."""
-        flat = flatten(params, prefix)
-        items = list(flat.items())
+        """Log (nested) parameters, flattened to ``a.b.c`` keys (credentials in URIs masked)."""
+        items = [(k, redact(v)) for k, v in flatten(params, prefix).items()]
         for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            chunk = dict(items[start : start + 100])
-            self._call("params", lambda chunk=chunk: self._client.log_batch(self.run_id, params=_params(chunk)))
+            self._send({"op": "params", "params": dict(items[start : start + 100])})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log scalar metrics; ``step`` makes curves (epochs, iterations)."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items() if v is not None]
+        batch = [[k, float(v), now, int(step or 0)] for k, v in metrics.items() if v is not None]
         for start in range(0, len(batch), 1000):
-            chunk = batch[start : start + 1000]
-            self._call("metrics", lambda chunk=chunk: self._client.log_batch(self.run_id, metrics=chunk))
+            self._send({"op": "metrics", "metrics": batch[start : start + 1000]})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        batch = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
-        self._call("tags", lambda: self._client.log_batch(self.run_id, tags=batch))
+        """Set tags (values cut to 5,000 characters, credentials in URIs masked)."""
+        self._send({"op": "tags", "tags": {k: redact(str(v))[:5000] for k, v in tags.items()}})
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copy a small file (figure, table, manifest, model) into the run's artefacts."""
-        self._call("artifact", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+        self._send({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         """Log a matplotlib figure as ``artifact_file`` (e.g. ``figures/loss.png``)."""
-        self._call("figure", lambda: self._client.log_figure(self.run_id, fig, artifact_file))
+        if not self._active:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(artifact_file).name
+            fig.savefig(local)
+            parent = str(Path(artifact_file).parent)
+            self.log_artifact(local, None if parent == "." else parent)
 
     def log_table(self, table: Any, artifact_file: str) -> None:
         """Log a pandas DataFrame as a CSV artefact."""
-        if self._client is None:
+        if not self._active:
             return
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(artifact_file).name
@@ -346,22 +500,76 @@ class JobRun:
 
         ``context`` is ``input`` for a dataset the job read, ``output`` for one it wrote.
         """
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
+        if not self._active:
+            return
         path = Path(path)
-        ds = Dataset(
-            name=name or path.stem,
-            digest=file_digest(path)[:32],
-            source_type="local",
-            source=json.dumps({"uri": str(path.resolve())}),
-        )
-        self._call(
-            "dataset input",
-            lambda: self._client.log_inputs(
-                self.run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])]
-            ),
-        )
+        self._send({"op": "dataset", "name": name or path.stem, "digest": file_digest(path)[:32],
+                    "source": json.dumps({"uri": str(path.resolve())}), "context": context})
 
+    def log_provenance(self, config: Mapping[str, Any]) -> None:
+        """Record the resolved config (artefact ``config/config.yaml``), package versions and seeds.
+
+        Versions become tags ``version.<package>``; every ``seed`` key of the config a
+        param ``seeds.<path>`` (e.g. ``seeds.embedding.seed``).  Credentials in URIs are
+        masked in all three.
+        """
+        if not self._active:
+            return
+        import yaml
+
+        clean = redact_config(config)
+        self.set_tags({f"version.{name}": v for name, v in package_versions().items()})
+        self.log_params(seeds(clean), "seeds.")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "config.yaml"
+            local.write_text(yaml.safe_dump(clean, sort_keys=True))
+            self.log_artifact(local, "config")
+
+
+#: The packages whose versions every run records (distribution names).
+PACKAGES = ("torch", "numpy", "xgboost", "umap-learn", "astropy", "galsim", "camb", "snakemake", "mlflow")
+
+
+@functools.cache
+def package_versions() -> dict[str, str]:
+    """Installed versions of :data:`PACKAGES` (``not installed`` where absent)."""
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def seeds(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every key named ``seed`` in a (nested) config, by dotted path."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(seeds(value, f"{prefix}{key}."))
+        elif key == "seed":
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Mask the user and password of every URI in ``text``: ``http://u:t@h`` -> ``http://***@h``."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text) if isinstance(text, str) else text
+
+
+def redact_config(value: Any) -> Any:
+    """A copy of a (nested) config with every string passed through :func:`redact`."""
+    if isinstance(value, Mapping):
+        return {str(k): redact_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_config(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
 
 def _run_name(rule: str, wildcards: Mapping[str, str]) -> str:
     values = [str(v) for k, v in wildcards.items() if not k.startswith("_")]
@@ -431,11 +639,9 @@ def job_run(
     if params is None:
         params = getattr(getattr(smk, "params", None), "settings", None)
 
-    client = None
-    run_id = "untracked"
+    config = getattr(smk, "config", {}) or {}
+    job = JobRun(run_id="untracked", settings=settings)
     if settings.enabled:
-        exp_id = ensure_experiment(settings)
-        client = _client(settings)
         parents = sorted({Path(f).read_text().strip() for f in inputs if f.endswith(".run_id") and Path(f).exists()})
         # Scripts run from a copy under .snakemake/; scriptdir is the repository's workflow/scripts.
         git = git_state(getattr(smk, "scriptdir", None))
@@ -444,7 +650,7 @@ def job_run(
             "simobs.kind": "job",
             "simobs.rule": rule,
             "simobs.wildcards": json.dumps(wildcards, sort_keys=True),
-            "simobs.config_digest": config_digest(getattr(smk, "config", {}) or {}),
+            "simobs.config_digest": config_digest(config),
             "simobs.input_digests": json.dumps(_digest_inputs(inputs), sort_keys=True)[:5000],
             "simobs.parent_runs": ",".join(p for p in parents if p != "untracked"),
             "simobs.version": __version__,
@@ -455,26 +661,31 @@ def job_run(
             "mlflow.user": _user(),
             **{f"wildcard.{k}": v for k, v in wildcards.items()},
         }
-        if invocation:
-            tags["mlflow.parentRunId"] = invocation
-        name = run_name or _run_name(rule, wildcards)
-        run = with_retries(lambda: client.create_run(exp_id, run_name=name, tags=tags), what="run creation")
-        run_id = run.info.run_id
-        log.info("MLflow run %s (%s) in experiment %r at %s", run_id, name, settings.experiment, settings.uri)
+        if invocation:  # a journalled invocation is linked when both are replayed
+            tags["simobs.invocation" if journal.is_pending(invocation) else "mlflow.parentRunId"] = invocation
+        job = _open_run(settings, run_name or _run_name(rule, wildcards), tags, what="run creation")
 
-    job = JobRun(run_id=run_id, settings=settings, _client=client)
     try:
         if params:
             job.log_params(params)
+        job.log_provenance(config)
         yield job
     except BaseException:
         log.exception("job failed")
-        job._call("end", lambda: client.set_terminated(run_id, status="FAILED"))
+        try:
+            job._send({"op": "end", "status": "FAILED", "t": _now_ms()})
+        except TrackingStoreError as exc:  # the job's own error is the one to report
+            log.error("%s", exc)
+        job._write_journal()
         raise
     else:
-        job._call("end", lambda: client.set_terminated(run_id, status="FINISHED"))
-        write_text_atomic(run_id_file, run_id + "\n")
+        job._send({"op": "end", "status": "FINISHED", "t": _now_ms()})
+        job._write_journal()
+        write_text_atomic(run_id_file, job.run_id + "\n")
     finally:
+        if settings.enabled:
+            log.info("tracking store: %d lock retries in this job%s", STORE_RETRIES["count"],
+                     f"; run journalled in {journal.JOURNAL}" if job.journalled else "")
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
