@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,7 +12,54 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "file_digest", "config_digest", "write_text_atomic"]
+__all__ = ["OutputWriteError", "atomic_path", "file_digest", "config_digest", "write_text_atomic"]
+
+
+class OutputWriteError(OSError):
+    """An artefact could not be written (disk full, quota, read-only file system).
+
+    ``errno`` is the cause's (``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``); ``filename``
+    the artefact's path.  Nothing was written to that path.
+    """
+
+
+#: Write failures that are about the disk, not the data, and what to do about them.
+_DISK_ERRORS = {
+    errno.ENOSPC: "free space on that file system (or point results/ at another disk), then rerun",
+    errno.EDQUOT: "free space within your quota (or ask for a larger one), then rerun",
+    errno.EROFS: "the file system is mounted read-only: run the study in a writable folder",
+    errno.EACCES: "make the folder writable for you (or run the study elsewhere)",
+}
+_LOW_SPACE = 1 << 20  # bytes free below which a failed write is taken for a full disk
+
+
+def _disk_errno(exc: BaseException, folder: Path, *, body: bool) -> int | None:
+    """The disk errno behind ``exc``, or ``None`` when the failure is not the disk's.
+
+    Libraries report a full disk differently: ``OSError(ENOSPC)`` (Python, pandas,
+    h5py), a RuntimeError with no errno (``torch.save``).  Inside the body, ``EACCES`` may
+    be a read of an input, so only the unambiguous codes count there; a RuntimeError
+    counts when the file system has (almost) no space left.
+    """
+    codes = (errno.ENOSPC, errno.EDQUOT, errno.EROFS) if body else tuple(_DISK_ERRORS)
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and code in codes:
+        return code
+    text = str(exc)
+    for candidate in codes:
+        if os.strerror(candidate) in text or f"errno = {candidate}," in text:
+            return candidate
+    with contextlib.suppress(OSError):
+        st = os.statvfs(folder)
+        if isinstance(exc, (OSError, RuntimeError)) and st.f_bavail * st.f_frsize < _LOW_SPACE:
+            return errno.ENOSPC
+    return None
+
+
+def _write_error(target: Path, code: int, exc: BaseException) -> OutputWriteError:
+    return OutputWriteError(
+        code, f"cannot write {target}: {os.strerror(code)} ({type(exc).__name__}: {str(exc)[:300]}). "
+        f"Nothing was written to {target} (its temporary file was removed); {_DISK_ERRORS[code]}", str(target))
 
 
 @contextlib.contextmanager
@@ -21,7 +69,9 @@ def atomic_path(target: str | os.PathLike[str], *, suffix: str | None = None) ->
     The temporary file lives in the same folder, so the final ``os.replace`` is atomic
     on POSIX file systems: a reader (or Snakemake after a crash, a ``scancel`` or a
     SLURM time limit) sees either the complete old file, the complete new file or no
-    file, never a partial one.  On an exception the temporary file is removed.
+    file, never a partial one.  On an exception the temporary file is removed.  A write
+    that fails because of the disk (full, over quota, read-only, not writable) raises
+    :class:`OutputWriteError` naming ``target`` and what to do.
 
     Args:
         target: final path of the artefact.
@@ -29,14 +79,22 @@ def atomic_path(target: str | os.PathLike[str], *, suffix: str | None = None) ->
             libraries that dispatch on extensions, e.g. matplotlib, still work).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix, dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix, dir=target.parent
+        )
+    except OSError as exc:
+        code = _disk_errno(exc, target.parent if target.parent.exists() else Path("/"), body=False)
+        if code is None:
+            raise
+        raise _write_error(target, code, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    in_body = True
     try:
         yield tmp_path
+        in_body = False
         if tmp_path.is_file():
             # mkstemp creates 0600; give the artefact the permissions a plain open() would
             # (group members on a shared cluster file system must read results).
@@ -44,15 +102,20 @@ def atomic_path(target: str | os.PathLike[str], *, suffix: str | None = None) ->
             os.umask(umask)
             os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        # An error already naming a (nested) artefact, or an interrupt, passes unchanged.
+        plain = isinstance(exc, Exception) and not isinstance(exc, OutputWriteError)
+        code = _disk_errno(exc, target.parent, body=in_body) if plain else None
+        with contextlib.suppress(OSError):
             if tmp_path.is_dir():
                 import shutil
 
                 shutil.rmtree(tmp_path)
             else:
                 tmp_path.unlink()
-        raise
+        if code is None:
+            raise
+        raise _write_error(target, code, exc) from exc
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:

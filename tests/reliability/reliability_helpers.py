@@ -84,4 +84,5 @@ def small_filesystem(folder: Path, size: str = "256k") -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        # Lazy: a library that failed mid-write may still hold a descriptor (torch.save does).
+        subprocess.run(["umount", "-l", str(folder)], check=True)
