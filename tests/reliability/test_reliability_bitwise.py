@@ -1,0 +1,84 @@
+"""Two runs of the tiny study from scratch give bit-identical results on CPU.
+
+One run is the session's ``tiny_study``; the other starts from an empty folder.  The
+named artefacts (datasets, embeddings, UMAP coordinates, classifier outputs, posteriors,
+OOD flags) must exist and be equal bit for bit; every other data file under results/ is
+compared as well, except those that record when, where or how long (listed below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+#: Must exist in both runs and be bit-identical (globs relative to the study folder).
+REQUIRED = (
+    "results/datasets/*.h5",              # ingested images
+    "results/embeddings/*.h5",            # VAE embeddings, reconstruction errors, ELBOs
+    "results/projection/umap.csv",        # UMAP coordinates
+    "results/classifier/heldout_predictions.csv",
+    "results/classifier/classifier.json",  # the trained booster itself
+    "results/model_posterior/*.csv",      # per-galaxy and aggregate posteriors, Bayes factors
+    "results/misspecification/scores.csv",  # OOD scores and flags per galaxy
+    "results/misspecification/verdict.json",
+)
+DATA_SUFFIXES = {".h5", ".csv", ".tsv", ".json", ".txt", ".npy", ".npz"}
+#: Not compared, and why: MLflow (times, run ids), logs and benchmarks (times), run ids.
+SKIP_PARTS = {"tracking", "logs", "benchmarks"}
+SKIP_SUFFIXES = {".run_id"}
+
+
+def _h5_content(path: Path) -> dict[str, bytes | str]:
+    """Every dataset's dtype, shape and raw bytes and every attribute: the content, not
+    HDF5's layout (which may differ in free-space bookkeeping)."""
+    out: dict[str, bytes | str] = {}
+    with h5py.File(path, "r") as h5:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                out[name] = f"{obj.dtype}{obj.shape}".encode() + np.asarray(data).tobytes()
+            for key, value in obj.attrs.items():
+                out[f"{name}@{key}"] = repr(value)
+        visit("/", h5)
+        h5.visititems(visit)
+    return out
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.suffix == ".h5":
+        return _h5_content(a) == _h5_content(b)
+    return a.read_bytes() == b.read_bytes()
+
+
+def _data_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in (root / "results").rglob("*")
+            if p.is_file() and p.suffix in DATA_SUFFIXES and p.suffix not in SKIP_SUFFIXES
+            and not SKIP_PARTS & set(p.relative_to(root).parts) and not p.name.startswith(".")}
+
+
+def test_two_runs_from_scratch_are_bit_identical(tiny_study, tmp_path):
+    first = tiny_study.workdir
+    second = run_snakemake(tmp_path, *os.environ.get("SIMOBS_TINY_TARGETS", "").split())
+    assert second.returncode == 0, second.output[-6000:]
+    for pattern in REQUIRED:
+        matches = sorted(first.glob(pattern))
+        assert matches, f"the tiny study made no {pattern}"
+        for path in matches:
+            rel = path.relative_to(first)
+            assert (tmp_path / rel).exists(), f"{rel} missing in the second run"
+            assert _same(path, tmp_path / rel), f"{rel} differs between two runs from scratch"
+    files = _data_files(first)
+    assert files == _data_files(tmp_path)
+    differ = sorted(f for f in files if not _same(first / f, tmp_path / f))
+    assert differ == [], f"data files that differ between two runs: {differ}"
+    print(f"\n{len(files)} data files compared, all bit-identical: "
+          + json.dumps(sorted({str(Path(f).parent) for f in files})))
