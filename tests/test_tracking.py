@@ -5,36 +5,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
 
 from simobs.tracking import flatten, job_run, resolve_tracking_uri, start_invocation
-
-
-class Names(list):
-    """A tiny stand-in for Snakemake's Namedlist."""
-
-    def __init__(self, items=(), **named):
-        super().__init__([*items, *named.values()])
-        for k, v in named.items():
-            setattr(self, k, v)
+from tests.reliability.reliability_helpers import fake_smk as _fake_smk
 
 
 def fake_smk(tmp: Path, *, rule="ingest_merge", wildcards=None, inputs=(), config=None):
-    out = tmp / "out"
-    out.mkdir(exist_ok=True)
-    return SimpleNamespace(
-        rule=rule,
-        wildcards=dict(wildcards or {"source": "tng100"}),
-        input=Names(inputs),
-        output=Names(run_id=str(out / f"{rule}.run_id")),
-        params=SimpleNamespace(settings={"a": {"b": 1}, "c": [1, 2]}),
-        config=config or {"study": "t", "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"}},
-        log=[str(tmp / "job.log")],
-        scriptdir=str(Path(__file__).resolve().parent),
-    )
+    smk = _fake_smk(tmp, config or {"study": "t", "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"}},
+                    rule=rule, inputs=inputs, wildcards=wildcards)
+    smk.params.settings = {"a": {"b": 1}, "c": [1, 2]}
+    return smk
 
 
 def client(tmp: Path) -> MlflowClient:
@@ -68,7 +51,7 @@ def test_job_run_tags_params_lineage_and_run_id_file(tmp_path, monkeypatch):
     assert r.data.params == {"a.b": "1", "c": "[1, 2]"}
     assert r.data.metrics == {"loss": 1.5}
     assert r.inputs.dataset_inputs[0].dataset.name == "images"
-    assert "MLflow run" in (tmp_path / "job.log").read_text()
+    assert "MLflow run" in Path(smk.log[0]).read_text()
 
 
 def test_failed_job_is_marked_failed_and_writes_no_run_id(tmp_path, monkeypatch):
@@ -80,7 +63,7 @@ def test_failed_job_is_marked_failed_and_writes_no_run_id(tmp_path, monkeypatch)
     assert not Path(smk.output.run_id).exists()
     runs = client(tmp_path).search_runs([client(tmp_path).get_experiment_by_name("t").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert "boom" in (tmp_path / "job.log").read_text()
+    assert "boom" in Path(smk.log[0]).read_text()
 
 
 def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
