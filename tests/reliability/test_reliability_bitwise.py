@@ -44,8 +44,10 @@ def _h5_content(path: Path) -> dict[str, bytes | str]:
     with h5py.File(path, "r") as h5:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                data = obj[()]
-                out[name] = f"{obj.dtype}{obj.shape}".encode() + np.asarray(data).tobytes()
+                data = np.asarray(obj[()])
+                # Strings are objects: compare their values, not the pointers tobytes() gives.
+                raw = repr(data.tolist()).encode() if data.dtype.kind == "O" else data.tobytes()
+                out[name] = f"{obj.dtype}{obj.shape}".encode() + raw
             for key, value in obj.attrs.items():
                 out[f"{name}@{key}"] = repr(value)
         visit("/", h5)
@@ -53,7 +55,8 @@ def _h5_content(path: Path) -> dict[str, bytes | str]:
     return out
 
 
-def _same(a: Path, b: Path) -> bool:
+def same_content(a: Path, b: Path) -> bool:
+    """Equal content: HDF5 files dataset by dataset (see _h5_content), others byte for byte."""
     if a.suffix == ".h5":
         return _h5_content(a) == _h5_content(b)
     return a.read_bytes() == b.read_bytes()
@@ -65,20 +68,25 @@ def _data_files(root: Path) -> set[str]:
             and not SKIP_PARTS & set(p.relative_to(root).parts) and not p.name.startswith(".")}
 
 
-def test_two_runs_from_scratch_are_bit_identical(tiny_study, tmp_path):
-    first = tiny_study.workdir
-    second = run_snakemake(tmp_path, *os.environ.get("SIMOBS_TINY_TARGETS", "").split())
-    assert second.returncode == 0, second.output[-6000:]
+def compare_studies(first: Path, second: Path) -> list[str]:
+    """Assert the two study folders hold bit-identical results; returns the files compared."""
     for pattern in REQUIRED:
         matches = sorted(first.glob(pattern))
         assert matches, f"the tiny study made no {pattern}"
         for path in matches:
             rel = path.relative_to(first)
-            assert (tmp_path / rel).exists(), f"{rel} missing in the second run"
-            assert _same(path, tmp_path / rel), f"{rel} differs between two runs from scratch"
+            assert (second / rel).exists(), f"{rel} missing in the second run"
+            assert same_content(path, second / rel), f"{rel} differs between two runs from scratch"
     files = _data_files(first)
-    assert files == _data_files(tmp_path)
-    differ = sorted(f for f in files if not _same(first / f, tmp_path / f))
+    assert files == _data_files(second)
+    differ = sorted(f for f in files if not same_content(first / f, second / f))
     assert differ == [], f"data files that differ between two runs: {differ}"
+    return sorted(files)
+
+
+def test_two_runs_from_scratch_are_bit_identical(tiny_study, tmp_path):
+    second = run_snakemake(tmp_path, *os.environ.get("SIMOBS_TINY_TARGETS", "").split())
+    assert second.returncode == 0, second.output[-6000:]
+    files = compare_studies(tiny_study.workdir, tmp_path)
     print(f"\n{len(files)} data files compared, all bit-identical: "
           + json.dumps(sorted({str(Path(f).parent) for f in files})))
