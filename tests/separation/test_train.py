@@ -151,3 +151,28 @@ def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="unknown training settings"):
         TrainSettings.from_mapping({"epochs": 1, "epoch": 2})
     assert 0 < training_t_max(LinearBetaSchedule(), 2.0) < 1
+
+
+@pytest.mark.parametrize("gaussian_part", [True, False])
+def test_network_output_is_projected_onto_the_cmb_support(gaussian_part) -> None:
+    """A bias in the U-Net's last layer predicts a mean the true coloured noise (Σ_00 = 0) cannot have."""
+    from simobs.separation.model import build_noise_predictor
+
+    cmb = cmb_like_power(NPIX)
+    cmb[0, 3] = cmb[0, -3] = 0.0  # one more pair of modes without CMB power
+    config = dict(npix=NPIX, base_channels=4, channel_mults=[1, 2], num_res_blocks=1, beta_min=0.1, beta_max=20.0,
+                  gaussian_part=gaussian_part, dust_power=cmb_like_power(NPIX), cmb_power=cmb, dust_mean=0.3)
+    model = build_noise_predictor(config).eval()
+    with torch.no_grad():
+        model.unet.out.bias.fill_(0.7)
+        torch.nn.init.normal_(model.unet.out.weight, std=0.1, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(3, NPIX, NPIX, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eta = model(z, torch.full((3,), 0.3))
+    spec = np.fft.fft2(eta.numpy(), norm="ortho")
+    assert np.abs(spec[:, cmb == 0]).max() < 1e-5  # no mean, nothing where the CMB has no power
+    assert np.abs(spec[:, cmb > 0]).max() > 0.1  # the rest is untouched
+    y = z.numpy() + 1.0
+    x_hat = sample_posterior(model, torch.as_tensor(y), 1.0, schedule=model.schedule, noise=ColouredNoise(cmb),
+                             method="tweedie").numpy()
+    np.testing.assert_allclose(x_hat.mean(axis=(1, 2)), y.mean(axis=(1, 2)), atol=1e-5)  # the mean is dust's
