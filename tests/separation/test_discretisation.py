@@ -42,7 +42,7 @@ def test_moments_are_those_of_the_sampler(method: str) -> None:
 
 
 def test_default_steps_are_accurate_at_the_demo_setting() -> None:
-    """Demo grid (32², 16' pixels, camb CMB, dust k^-2.5) at the largest σ, 1.5: default < 1 % in every mode, old default ~7 %."""
+    """Demo grid (32², 16' pixels, camb CMB, dust k^-2.5), largest σ 1.5: default < 1 % per mode, old default ~7 %."""
     cmb_power, _, _ = cmb_power_2d(32, 16.0)
     dust_power = power_law_power_2d(32, -2.5)
     defaults = inspect.signature(separate_observations).parameters

@@ -14,7 +14,8 @@
 | attrs | | ``npix``, ``pixel_size_arcmin``, ``cmb_pixel_variance_muK2`` (multiply the CMB by its square root for μK), ``cosmology`` (JSON), ``dust`` (JSON settings), ``dust_fits_mean``/``dust_fits_std`` (FITS units), ``seed``, ``sigma`` (JSON) |
 
 ``results/separation/posterior/shard{k}.h5`` (rule ``separate``): ``indices`` (n,) into
-``test/*`` and the fields of :class:`~simobs.separation.sample.PosteriorSummary`.
+``test/*`` and the array fields of :class:`~simobs.separation.sample.PosteriorSummary` as
+datasets, its scalars (``method``, ``n_samples``) as attributes.
 """
 
 from __future__ import annotations
@@ -229,6 +230,9 @@ def shard_indices(n: int, n_shards: int, shard: int) -> np.ndarray:
     return np.array_split(np.arange(n), n_shards)[shard]
 
 
+_SUMMARY_SCALARS = ("method", "n_samples")
+
+
 def write_posterior_shard(
     path: str | os.PathLike[str], indices: np.ndarray, summary: PosteriorSummary, attrs: Mapping[str, Any]
 ) -> None:
@@ -236,7 +240,10 @@ def write_posterior_shard(
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
         for name, value in asdict(summary).items():
-            f.create_dataset(name, data=value)
+            if name in _SUMMARY_SCALARS:
+                f.attrs[name] = value
+            else:
+                f.create_dataset(name, data=value)
         for key, value in attrs.items():
             f.attrs[key] = value
 
@@ -245,16 +252,29 @@ def read_posterior_shards(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.n
     """Concatenate shards, ordered by observation index: ``(indices, summary)``."""
     if not paths:
         raise ValueError("no posterior shards given")
-    parts: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, Any]] = []
     for p in paths:
         with h5py.File(p, "r") as f:
-            parts.append({name: f[name][...] for name in f})
+            missing = [name for name in _SUMMARY_SCALARS if name not in f.attrs]
+            if missing:
+                raise ValueError(f"{p}: posterior shard lacks the attributes {missing} (written before they were "
+                                 "recorded); rerun the separate rule")
+            parts.append({**{name: f[name][...] for name in f}, **{n: f.attrs[n] for n in _SUMMARY_SCALARS}})
+    for name in _SUMMARY_SCALARS:
+        values = {str(part[name]) for part in parts}
+        if len(values) > 1:
+            raise ValueError(f"posterior shards {list(map(str, paths))} disagree on {name}: {sorted(values)}; "
+                             "rerun the separate rule for all shards")
     indices = np.concatenate([p["indices"] for p in parts])
     order = np.argsort(indices)
     fields = PosteriorSummary.__dataclass_fields__
     merged = {}
     for name in fields:
-        if name in ("credible_levels", "k_centres"):
+        if name == "method":
+            merged[name] = str(parts[0][name])
+        elif name == "n_samples":
+            merged[name] = int(parts[0][name])
+        elif name in ("credible_levels", "k_centres"):
             merged[name] = parts[0][name]
         else:
             merged[name] = np.concatenate([p[name] for p in parts])[order]

@@ -40,7 +40,10 @@ import torch
 from simobs.separation.metrics import binned_power_spectrum
 from simobs.separation.sde import ColouredNoise, LinearBetaSchedule, observation_to_state
 
-__all__ = ["METHODS", "STOCHASTIC_METHODS", "NoisePredictorFn", "time_grid", "sample_posterior", "PosteriorSummary", "separate_observations"]
+__all__ = [
+    "METHODS", "STOCHASTIC_METHODS", "NoisePredictorFn", "time_grid", "sample_posterior", "PosteriorSummary",
+    "separate_observations",
+]
 
 NoisePredictorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METHODS = ("heun", "euler_maruyama", "probability_flow", "tweedie")
@@ -109,7 +112,8 @@ def sample_posterior(
         delta_b = (schedule.integral(t) - schedule.integral(t_next))[:, None, None]
         growth = torch.exp(0.5 * delta_b)
         eps_t = eps(z, t)
-        kick = torch.sqrt(torch.expm1(delta_b)) * noise.sample((z.shape[0],), generator=generator) if stochastic else 0.0
+        kick = (torch.sqrt(torch.expm1(delta_b)) * noise.sample((z.shape[0],), generator=generator)
+                if stochastic else 0.0)
         z_next = growth * z - 2.0 * drift_weight * (growth - 1.0) * eps_t + kick
         if method == "heun" and k < n_steps - 1:
             z_next = growth * z - (growth - 1.0) * (eps_t + eps(z_next, t_next)) + kick
@@ -139,6 +143,8 @@ class PosteriorSummary:
     cmb_sample_power: np.ndarray  #: (n, K)
     credible_levels: np.ndarray  #: (L,)
     k_centres: np.ndarray  #: (K,) cycles per pixel
+    method: str  #: the sampling method (``heun`` / ``euler_maruyama`` draw samples; the others one estimate)
+    n_samples: int  #: draws per observation S (1 for the deterministic methods)
 
 
 def _observation_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
@@ -236,4 +242,5 @@ def separate_observations(
             powers[f"{comp}_sample_power"][i] = p.mean(axis=0)
         if on_observation is not None:
             on_observation(i)
-    return PosteriorSummary(**out, **bounds, **saved, **powers, credible_levels=levels, k_centres=k_centres)
+    return PosteriorSummary(**out, **bounds, **saved, **powers, credible_levels=levels, k_centres=k_centres,
+                            method=method, n_samples=n_samples)
