@@ -11,7 +11,7 @@
 | ``test/observation`` | float32 (n_test, npix, npix) | ``y = dust + σ·cmb`` |
 | ``cmb_power`` | float64 (npix, npix) | normalised CMB 2-D power Σ (``mean = 1``, orthonormal FFT) |
 | ``cmb_cl`` | float64 (lmax+1,) | lensed TT ``C_ℓ`` from camb, μK² |
-| attrs | | ``npix``, ``pixel_size_arcmin``, ``cmb_pixel_variance_muK2`` (multiply the CMB by its square root for μK), ``cosmology`` (JSON), ``dust`` (JSON settings), ``dust_fits_mean``/``dust_fits_std`` (FITS units), ``seed``, ``sigma`` (JSON) |
+| attrs | | ``npix``, ``pixel_size_arcmin``, ``cmb_pixel_variance_muK2`` (multiply the CMB by its square root for μK), ``cosmology`` (JSON), ``dust`` (JSON settings), ``dust_fits_mean``/``dust_fits_std`` (FITS units, of the training maps), ``seed``, ``sigma`` (JSON) |
 
 ``results/separation/posterior/shard{k}.h5`` (rule ``separate``): ``indices`` (n,) into
 ``test/*`` and the array fields of :class:`~simobs.separation.sample.PosteriorSummary` as
@@ -39,6 +39,7 @@ from simobs.separation.fields import (
     gaussian_random_field,
     lognormal_dust,
     read_dust_fits,
+    standardise_dust,
 )
 from simobs.separation.sample import PosteriorSummary
 from simobs.separation.spectra import DEFAULT_COSMOLOGY, cmb_power_2d
@@ -156,7 +157,7 @@ def make_field_dataset(
     dust = settings.dust
     rejected = pd.DataFrame(columns=MANIFEST_COLUMNS)
     if dust.kind == "fits":
-        maps, attrs["dust_fits_mean"], attrs["dust_fits_std"], rejected = read_dust_fits(
+        maps, rejected = read_dust_fits(
             dust_fits_files(asdict(dust)), npix, settings.pixel_size_arcmin,
             on_bad_file=on_bad_file, max_rejected_fraction=max_rejected_fraction,
         )
@@ -164,7 +165,8 @@ def make_field_dataset(
         n_test = max(1, int(round(dust.test_fraction * len(maps))))
         if len(maps) - n_test < 1:
             raise ValueError(f"{len(maps)} FITS dust maps: too few to hold out {n_test} for testing")
-        test_dust, train_dust = maps[:n_test], maps[n_test:]
+        train_dust, test_dust, attrs["dust_fits_mean"], attrs["dust_fits_std"] = standardise_dust(
+            maps[n_test:], maps[:n_test])
     else:
         n_total = settings.n_train + settings.n_test
         if dust.kind == "lognormal":
