@@ -49,7 +49,7 @@ def measure(npix: int, arcmin: float, n_maps: int, n_obs: int, cfg: dict, work: 
     s = sep["sampling"]
     start = time.perf_counter()
     separate_observations(result.model, y, sigma, schedule=schedule, cmb_power=cmb_power, n_samples=s["n_samples"],
-                          batch_size=s["batch_size"], n_steps=s["n_steps"], seed=0, device="cpu")
+                          batch_size=s["batch_size"], method=s["method"], n_steps=s["n_steps"], seed=0, device="cpu")
     return train_s, time.perf_counter() - start
 
 
