@@ -2,7 +2,7 @@
 
 For each map side it times, with the demo's model settings (config/config.yaml), one
 training epoch of denoising score matching over a fixed number of maps and the posterior
-sampling of a few observations (Euler–Maruyama, the demo's samples and steps), and reports
+sampling of a few observations (the demo's method, samples and steps), and reports
 both as ratios against the first size, measured in the same process.  Peak memory is not
 reported: every size here fits in a few hundred MB.
 
