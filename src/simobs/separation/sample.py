@@ -20,7 +20,7 @@ With ``Σ ∇log p_t = −η̂ / √(1−ᾱ)`` (see :mod:`simobs.separation.sde
   calculation of :mod:`simobs.separation.discretisation` for Gaussian dust at σ = 1.5 on
   the demo's 32² grid gives Euler–Maruyama at 24 steps a Wiener gain 3 % low, posterior
   variance 7 % and sample power 5 % high; Heun at 20 steps stays below 0.6 % per mode (Euler
-  needs ~400 steps for that);
+  needs ~300 steps for that);
 * probability-flow ODE ``dz = [−½β z + ½β η̂/√(1−ᾱ)] dt``, same discretisation
   (deterministic: one estimate per observation, not posterior samples);
 * one-step Tweedie mean ``x̂ = E[x | y] = y − σ η̂(z_{t*}, t*)``.
