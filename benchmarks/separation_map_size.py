@@ -2,7 +2,7 @@
 
 For each map side it times, with the demo's model settings (config/config.yaml), one
 training epoch of denoising score matching over a fixed number of maps and the posterior
-sampling of a few observations (Euler–Maruyama, the demo's samples and steps), and reports
+sampling of a few observations (the demo's method, samples and steps), and reports
 both as ratios against the first size, measured in the same process.  Peak memory is not
 reported: every size here fits in a few hundred MB.
 
@@ -49,7 +49,7 @@ def measure(npix: int, arcmin: float, n_maps: int, n_obs: int, cfg: dict, work: 
     s = sep["sampling"]
     start = time.perf_counter()
     separate_observations(result.model, y, sigma, schedule=schedule, cmb_power=cmb_power, n_samples=s["n_samples"],
-                          batch_size=s["batch_size"], n_steps=s["n_steps"], seed=0, device="cpu")
+                          batch_size=s["batch_size"], method=s["method"], n_steps=s["n_steps"], seed=0, device="cpu")
     return train_s, time.perf_counter() - start
 
 

@@ -46,6 +46,10 @@ def test_fits_dataset(tmp_path, fake_camb) -> None:
     f = read_field_dataset(tmp_path / "f.h5")
     assert f.train_dust.shape[0] == 8 and f.test_dust.shape[0] == 2 and np.all(f.sigma == 1.0)
     assert 9 < f.attrs["dust_fits_mean"] < 11
+    # Standardised with the training maps' statistics alone (no leak from the test truths).
+    assert abs(f.train_dust.mean()) < 1e-6 and abs(f.train_dust.std() - 1) < 1e-5
+    raw = np.concatenate([fits.getdata(tmp_path / f"mhd_{i}.fits") for i in range(2)])
+    assert not np.isclose(f.attrs["dust_fits_mean"], raw.mean(), rtol=0, atol=1e-9)
     bad = FieldSettings.from_mapping({"npix": 16, "dust": {"kind": "fits", "fits_files": [str(tmp_path / "x*.fits")]}})
     with pytest.raises(ValueError, match=r"x\*\.fits.*matches no file"):
         make_field_dataset(bad, tmp_path / "h.h5")

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from simobs.separation.fields import gaussian_random_field, lognormal_dust, power_law_power_2d, read_dust_fits
+from simobs.separation.fields import (
+    gaussian_random_field,
+    lognormal_dust,
+    power_law_power_2d,
+    read_dust_fits,
+    standardise_dust,
+)
 from simobs.separation.spectra import cmb_power_2d, multipoles_on_grid, normalise_power, power_2d_from_cl
 
 
@@ -52,13 +58,18 @@ def _write(path, data) -> str:
     return str(path)
 
 
-def test_read_dust_fits_standardises(tmp_path) -> None:
+def test_read_dust_fits_keeps_units_and_standardise_uses_the_training_maps(tmp_path) -> None:
     rng = np.random.default_rng(0)
-    a = _write(tmp_path / "a.fits", 5 + 2 * rng.standard_normal((8, 8)))
-    b = _write(tmp_path / "b.fits", 5 + 2 * rng.standard_normal((3, 8, 8)))
-    maps, mean, std, rejected = read_dust_fits([a, b], 8)
+    a_data, b_data = 5 + 2 * rng.standard_normal((8, 8)), 5 + 2 * rng.standard_normal((3, 8, 8))
+    maps, rejected = read_dust_fits([_write(tmp_path / "a.fits", a_data), _write(tmp_path / "b.fits", b_data)], 8)
     assert maps.shape == (4, 8, 8) and rejected.empty
-    assert abs(maps.mean()) < 1e-12 and abs(maps.std() - 1) < 1e-12 and 4 < mean < 6 and 1.5 < std < 2.5
+    np.testing.assert_allclose(maps, np.concatenate([a_data[None], b_data]))  # the files' units
+    train, test, mean, std = standardise_dust(maps[1:], 100 + maps[:1])
+    assert abs(train.mean()) < 1e-12 and abs(train.std() - 1) < 1e-12 and 4 < mean < 6 and 1.5 < std < 2.5
+    assert mean == maps[1:].mean() and std == maps[1:].std()  # nothing of the test maps enters
+    np.testing.assert_allclose(test, (100 + maps[:1] - mean) / std)
+    with pytest.raises(ValueError, match="constant"):
+        standardise_dust(np.ones((2, 8, 8)), maps[:1])
 
 
 def test_read_dust_fits_names_the_bad_file(tmp_path) -> None:

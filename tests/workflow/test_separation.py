@@ -100,10 +100,18 @@ def test_sampling_settings_rerun_only_sampling(stage) -> None:
     assert "train_score_model" not in counts and "make_fields" not in counts
 
 
-def test_training_resumes_from_its_checkpoint(stage) -> None:
+def test_forced_rerun_trains_from_the_first_epoch(stage) -> None:
+    """``--forcerun train_score_model`` (the README's "retrain") trains; no finished checkpoint stands in."""
     w = stage.workdir
-    (w / "results/separation/score_model.pt").unlink()
-    res = run_snakemake(w, "results/separation/score_model.pt", configfiles=(TINY_CONFIG, _overlay(w)))
+    checkpoint = w / "results/separation/checkpoints/score_model.ckpt"
+    assert not checkpoint.exists()  # retired when the first run wrote the model
+    log_path = w / "results/logs/separation/train_score_model.log"
+    log_path.unlink()
+    before = (w / "results/separation/score_model.pt").stat().st_mtime_ns
+    res = run_snakemake(w, "results/separation/score_model.pt", "--forcerun", "train_score_model",
+                        configfiles=(TINY_CONFIG, _overlay(w)))
     assert res.returncode == 0, res.output[-4000:]
-    log = (w / "results/logs/separation/train_score_model.log").read_text()
-    assert "resuming training from checkpoint" in log
+    log = log_path.read_text()
+    assert "resuming training from checkpoint" not in log
+    assert "epoch 1/2" in log and "epoch 2/2" in log, log[-2000:]
+    assert (w / "results/separation/score_model.pt").stat().st_mtime_ns > before and not checkpoint.exists()

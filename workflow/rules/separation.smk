@@ -148,6 +148,10 @@ rule evaluate_separation:
         "results/logs/separation/evaluate_separation.log",
     params:
         settings=SEPARATION["evaluation"],
+        # the Gaussian-part baseline is sampled as the model was: same sde, steps, seeds
+        sde=SEPARATION["sde"],
+        sampling=SEPARATION["sampling"],
+        seed=SEPARATION_SEED + 2,
     resources:
         mem_mb=4000,
         runtime=30,

@@ -4,14 +4,19 @@ import json
 
 from simobs.io import atomic_path, write_text_atomic
 from simobs.separation.dataset import read_field_dataset, read_posterior_shards
-from simobs.separation.evaluate import evaluate_separation
+from simobs.separation.evaluate import GaussianBaseline, evaluate_separation
+from simobs.separation.sde import LinearBetaSchedule
 from simobs.tracking import job_run
 
 out = snakemake.output
+p = snakemake.params
+baseline = GaussianBaseline(LinearBetaSchedule(p.sde["beta_min"], p.sde["beta_max"]), p.sampling["n_steps"],
+                            p.sampling["time_power"], p.seed, p.sampling["batch_size"])
 with job_run(snakemake) as run:
     fields = read_field_dataset(snakemake.input.fields)
     indices, summary = read_posterior_shards(list(snakemake.input.posteriors))
-    result = evaluate_separation(fields, indices, summary, n_examples=snakemake.params.settings["n_examples"])
+    result = evaluate_separation(fields, indices, summary, n_examples=p.settings["n_examples"],
+                                 baseline=baseline)
     write_text_atomic(out.metrics, json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
     run.log_metrics(result.metrics)
     tables = {"dust_power_spectra.csv": out.dust_spectra, "cmb_power_spectra.csv": out.cmb_spectra,

@@ -29,7 +29,7 @@ with job_run(snakemake, params={**s, "seed": p.seed, "n_bins": p.n_bins}) as run
         on_observation=lambda i: log.info("observation %d (%d/%d of shard %d)", idx[i], i + 1, len(idx), shard),
     )
     write_posterior_shard(snakemake.output.posterior, idx, summary,
-                          {"method": s["method"], "n_samples": s["n_samples"], "n_steps": s["n_steps"],
-                           "seed": p.seed, "shard": shard, "n_shards": s["n_shards"]})
+                          {"n_steps": s["n_steps"], "time_power": s["time_power"], "seed": p.seed, "shard": shard,
+                           "n_shards": s["n_shards"]})
     run.log_metrics({"n_observations": len(idx), "mean_dust_posterior_std": float(summary.dust_std.mean())})
     run.set_tags({"simobs.device": str(device)})

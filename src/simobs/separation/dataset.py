@@ -11,10 +11,11 @@
 | ``test/observation`` | float32 (n_test, npix, npix) | ``y = dust + σ·cmb`` |
 | ``cmb_power`` | float64 (npix, npix) | normalised CMB 2-D power Σ (``mean = 1``, orthonormal FFT) |
 | ``cmb_cl`` | float64 (lmax+1,) | lensed TT ``C_ℓ`` from camb, μK² |
-| attrs | | ``npix``, ``pixel_size_arcmin``, ``cmb_pixel_variance_muK2`` (multiply the CMB by its square root for μK), ``cosmology`` (JSON), ``dust`` (JSON settings), ``dust_fits_mean``/``dust_fits_std`` (FITS units), ``seed``, ``sigma`` (JSON) |
+| attrs | | ``npix``, ``pixel_size_arcmin``, ``cmb_pixel_variance_muK2`` (multiply the CMB by its square root for μK), ``cosmology`` (JSON), ``dust`` (JSON settings), ``dust_fits_mean``/``dust_fits_std`` (FITS units, of the training maps), ``seed``, ``sigma`` (JSON) |
 
 ``results/separation/posterior/shard{k}.h5`` (rule ``separate``): ``indices`` (n,) into
-``test/*`` and the fields of :class:`~simobs.separation.sample.PosteriorSummary`.
+``test/*`` and the array fields of :class:`~simobs.separation.sample.PosteriorSummary` as
+datasets, its scalars (``method``, ``n_samples``) as attributes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from simobs.separation.fields import (
     gaussian_random_field,
     lognormal_dust,
     read_dust_fits,
+    standardise_dust,
 )
 from simobs.separation.sample import PosteriorSummary
 from simobs.separation.spectra import DEFAULT_COSMOLOGY, cmb_power_2d
@@ -155,7 +157,7 @@ def make_field_dataset(
     dust = settings.dust
     rejected = pd.DataFrame(columns=MANIFEST_COLUMNS)
     if dust.kind == "fits":
-        maps, attrs["dust_fits_mean"], attrs["dust_fits_std"], rejected = read_dust_fits(
+        maps, rejected = read_dust_fits(
             dust_fits_files(asdict(dust)), npix, settings.pixel_size_arcmin,
             on_bad_file=on_bad_file, max_rejected_fraction=max_rejected_fraction,
         )
@@ -163,7 +165,8 @@ def make_field_dataset(
         n_test = max(1, int(round(dust.test_fraction * len(maps))))
         if len(maps) - n_test < 1:
             raise ValueError(f"{len(maps)} FITS dust maps: too few to hold out {n_test} for testing")
-        test_dust, train_dust = maps[:n_test], maps[n_test:]
+        train_dust, test_dust, attrs["dust_fits_mean"], attrs["dust_fits_std"] = standardise_dust(
+            maps[n_test:], maps[:n_test])
     else:
         n_total = settings.n_train + settings.n_test
         if dust.kind == "lognormal":
@@ -229,6 +232,9 @@ def shard_indices(n: int, n_shards: int, shard: int) -> np.ndarray:
     return np.array_split(np.arange(n), n_shards)[shard]
 
 
+_SUMMARY_SCALARS = ("method", "n_samples")
+
+
 def write_posterior_shard(
     path: str | os.PathLike[str], indices: np.ndarray, summary: PosteriorSummary, attrs: Mapping[str, Any]
 ) -> None:
@@ -236,7 +242,10 @@ def write_posterior_shard(
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("indices", data=np.asarray(indices, dtype=np.int64))
         for name, value in asdict(summary).items():
-            f.create_dataset(name, data=value)
+            if name in _SUMMARY_SCALARS:
+                f.attrs[name] = value
+            else:
+                f.create_dataset(name, data=value)
         for key, value in attrs.items():
             f.attrs[key] = value
 
@@ -245,16 +254,29 @@ def read_posterior_shards(paths: Sequence[str | os.PathLike[str]]) -> tuple[np.n
     """Concatenate shards, ordered by observation index: ``(indices, summary)``."""
     if not paths:
         raise ValueError("no posterior shards given")
-    parts: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, Any]] = []
     for p in paths:
         with h5py.File(p, "r") as f:
-            parts.append({name: f[name][...] for name in f})
+            missing = [name for name in _SUMMARY_SCALARS if name not in f.attrs]
+            if missing:
+                raise ValueError(f"{p}: posterior shard lacks the attributes {missing} (written before they were "
+                                 "recorded); rerun the separate rule")
+            parts.append({**{name: f[name][...] for name in f}, **{n: f.attrs[n] for n in _SUMMARY_SCALARS}})
+    for name in _SUMMARY_SCALARS:
+        values = {str(part[name]) for part in parts}
+        if len(values) > 1:
+            raise ValueError(f"posterior shards {list(map(str, paths))} disagree on {name}: {sorted(values)}; "
+                             "rerun the separate rule for all shards")
     indices = np.concatenate([p["indices"] for p in parts])
     order = np.argsort(indices)
     fields = PosteriorSummary.__dataclass_fields__
     merged = {}
     for name in fields:
-        if name in ("credible_levels", "k_centres"):
+        if name == "method":
+            merged[name] = str(parts[0][name])
+        elif name == "n_samples":
+            merged[name] = int(parts[0][name])
+        elif name in ("credible_levels", "k_centres"):
             merged[name] = parts[0][name]
         else:
             merged[name] = np.concatenate([p[name] for p in parts])[order]

@@ -27,6 +27,7 @@ __all__ = [
     "lognormal_dust",
     "gaussian_dust",
     "read_dust_fits",
+    "standardise_dust",
     "dust_fits_files",
 ]
 
@@ -34,11 +35,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 class DustMaps(NamedTuple):
-    """Standardised user dust maps and what was left out."""
+    """User dust maps, in the files' units, and what was left out."""
 
-    maps: np.ndarray  #: (n, npix, npix), zero mean and unit variance over all maps
-    mean: float  #: the files' mean, in their units
-    std: float  #: the files' standard deviation, in their units
+    maps: np.ndarray  #: (n, npix, npix), float64, as read (standardise with :func:`standardise_dust`)
     rejected: pd.DataFrame  #: one row per skipped file (:data:`MANIFEST_COLUMNS`)
 
 
@@ -168,12 +167,11 @@ def read_dust_fits(
     on_bad_file: str = "fail",
     max_rejected_fraction: float = 0.5,
 ) -> DustMaps:
-    """Read user dust maps (e.g. MHD simulations) from FITS files, validated and standardised.
+    """Read user dust maps (e.g. MHD simulations) from FITS files, validated, in the files' units.
 
     Each file holds one map ``(npix, npix)`` or a stack ``(n, npix, npix)`` in its first
-    image HDU.  All maps are standardised by one dataset-wide affine map (mean and
-    standard deviation over all pixels of all maps), so relative amplitudes between
-    maps are kept.  When ``pixel_size_arcmin`` is given and a header carries the WCS
+    image HDU.  Standardise them after the train/test split with :func:`standardise_dust`
+    (statistics of the training maps only, so nothing of the test truths leaks).  When ``pixel_size_arcmin`` is given and a header carries the WCS
     pixel size (``CDELT1``/``CDELT2``, degrees), the two must agree within 1 %.
 
     Bad files follow the image ingestion's policy (config ``ingest.on_bad_file``):
@@ -184,7 +182,7 @@ def read_dust_fits(
     Raises:
         ValueError: no files; a file that is not FITS, has the wrong shape or pixel size
             or NaN/inf pixels (policy ``fail``; the message names the file); too many bad
-            files (``skip``); constant maps.
+            files (``skip``).
     """
     if on_bad_file not in ("skip", "fail"):
         raise ValueError(f"ingest.on_bad_file must be 'skip' or 'fail', not {on_bad_file!r}")
@@ -206,11 +204,26 @@ def read_dust_fits(
             f"{len(rejected)} of {len(paths)} dust FITS files rejected (more than ingest.max_rejected_fraction="
             f"{max_rejected_fraction}); check separation.fields.npix and pixel_size_arcmin. First reasons: {first}"
         )
-    maps = np.concatenate(parts)
-    mean, std = float(maps.mean()), float(maps.std())
+    return DustMaps(np.concatenate(parts), frame)
+
+
+def standardise_dust(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One affine map for all dust maps, fitted on the training maps alone (relative amplitudes are kept).
+
+    Args:
+        train, test: maps in the files' units, shape ``(n, npix, npix)`` each.
+
+    Returns:
+        ``(train, test, mean, std)``: standardised maps (the training maps have zero mean and
+        unit variance over all their pixels) and the training maps' mean and standard deviation.
+
+    Raises:
+        ValueError: constant training maps.
+    """
+    mean, std = float(train.mean()), float(train.std())
     if std == 0:
-        raise ValueError(f"dust maps in {list(map(str, paths))} are constant; nothing to separate")
-    return DustMaps((maps - mean) / std, mean, std, frame)
+        raise ValueError("the training dust maps are constant; nothing to separate (separation.fields.dust.fits_files)")
+    return (train - mean) / std, (test - mean) / std, mean, std
 
 
 def dust_fits_files(dust: Mapping[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ from simobs.separation.spectra import fourier_wavenumbers
 __all__ = [
     "k_bin_edges",
     "binned_power_spectrum",
+    "binned_mode_average",
     "binned_cross_spectrum",
     "cross_correlation",
     "power_relative_error",
@@ -49,17 +50,9 @@ def binned_cross_spectrum(a: np.ndarray, b: np.ndarray, n_bins: int) -> tuple[np
     """
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    npix = a.shape[-1]
-    idx = _bin_index(npix, n_bins).ravel()
     fa = np.fft.fft2(np.asarray(a, dtype=np.float64), norm="ortho")
     fb = fa if b is a else np.fft.fft2(np.asarray(b, dtype=np.float64), norm="ortho")
-    cross = (fa * np.conj(fb)).real.reshape(*a.shape[:-2], -1)
-    keep = idx >= 0
-    counts = np.bincount(idx[keep], minlength=n_bins).astype(np.float64)
-    flat = cross[..., keep].reshape(-1, int(keep.sum()))
-    sums = np.stack([np.bincount(idx[keep], weights=row, minlength=n_bins) for row in flat])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        power = (sums / counts).reshape(*a.shape[:-2], n_bins)
+    power = binned_mode_average((fa * np.conj(fb)).real, n_bins)
     edges = k_bin_edges(n_bins)
     return 0.5 * (edges[1:] + edges[:-1]), power
 
@@ -67,6 +60,21 @@ def binned_cross_spectrum(a: np.ndarray, b: np.ndarray, n_bins: int) -> tuple[np
 def binned_power_spectrum(maps: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Binned auto power of maps ``(..., npix, npix)``: ``(k_centres (n_bins,), power (..., n_bins))``."""
     return binned_cross_spectrum(maps, maps, n_bins)
+
+
+def binned_mode_average(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Average of a per-mode quantity ``(..., npix, npix)`` (full FFT grid) over each |k| bin's modes: ``(..., n_bins)``.
+
+    The same bins and modes as :func:`binned_power_spectrum`, e.g. to bin a posterior variance per mode.
+    """
+    npix = values.shape[-1]
+    idx = _bin_index(npix, n_bins).ravel()
+    keep = idx >= 0
+    counts = np.bincount(idx[keep], minlength=n_bins).astype(np.float64)
+    flat = np.asarray(values, np.float64).reshape(-1, npix * npix)[:, keep]
+    sums = np.stack([np.bincount(idx[keep], weights=row, minlength=n_bins) for row in flat])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).reshape(*values.shape[:-2], n_bins)
 
 
 def cross_correlation(estimate: np.ndarray, truth: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:

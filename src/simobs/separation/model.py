@@ -22,7 +22,7 @@ from simobs.separation.wiener import GaussianNoisePredictor
 
 __all__ = ["NoisePredictor", "build_noise_predictor", "save_noise_predictor", "load_noise_predictor", "parameter_count"]
 
-FORMAT = "simobs.separation.noise_predictor/1"
+FORMAT = "simobs.separation.noise_predictor/2"  # /2: the CMB support buffer (projection of the output)
 
 
 class NoisePredictor(nn.Module):
@@ -33,19 +33,34 @@ class NoisePredictor(nn.Module):
     preconditioning: at initialisation — zero output layer — sampling gives exactly the
     Wiener posterior, and training time goes into what the Wiener filter cannot do).
 
+    The network's output is projected onto the modes where the CMB has power (``Σ_k > 0``):
+    the true coloured noise has none elsewhere — in particular no mean, ``Σ_00 = 0`` — and
+    whatever the network (with its biases) put there would enter ``x̂ = y − σ η̂`` directly.
+
     Args:
         unet: the network (1 input / output channel).
         schedule: β schedule (kept with the weights; sampling must use the same).
+        cmb_power: the normalised CMB power ``Σ``, shape ``(npix, npix)`` (its support is kept).
         gaussian_part: optional closed-form Gaussian predictor.
     """
 
     def __init__(
-        self, unet: UNet, schedule: LinearBetaSchedule, gaussian_part: GaussianNoisePredictor | None = None
+        self, unet: UNet, schedule: LinearBetaSchedule, cmb_power: np.ndarray | torch.Tensor,
+        gaussian_part: GaussianNoisePredictor | None = None,
     ) -> None:
         super().__init__()
         self.unet = unet
         self.schedule = schedule
         self.gaussian_part = gaussian_part
+        c = torch.as_tensor(cmb_power, dtype=torch.float64)
+        self.npix = int(c.shape[-1])
+        self.register_buffer("cmb_support_half", (c[:, : self.npix // 2 + 1] > 0).to(torch.float32))
+
+    def project(self, eta: torch.Tensor) -> torch.Tensor:
+        """Keep the Fourier modes of ``eta`` (B, npix, npix) where ``Σ > 0`` (float32, or the input's float64)."""
+        eta = eta if eta.dtype == torch.float64 else eta.float()
+        spec = torch.fft.rfft2(eta, norm="ortho") * self.cmb_support_half.to(eta.dtype)
+        return torch.fft.irfft2(spec, s=(self.npix, self.npix), norm="ortho")
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """States ``z`` (B, npix, npix), times ``t`` (B,) → predicted coloured noise (B, npix, npix)."""
@@ -53,11 +68,11 @@ class NoisePredictor(nn.Module):
         if z.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.unet(x.to(next(self.unet.parameters()).dtype), t)[:, 0]
-        if self.gaussian_part is not None:
-            # FFTs do not run in bf16: the linear part stays in float32 (or the input's float64).
-            with torch.autocast(device_type=z.device.type, enabled=False):
-                base = self.gaussian_part(z if z.dtype == torch.float64 else z.float(), t)
-            out = out.to(base.dtype) + base
+        # FFTs do not run in bf16: projection and linear part stay in float32 (or the input's float64).
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            out = self.project(out.to(torch.float64) if z.dtype == torch.float64 else out)
+            if self.gaussian_part is not None:
+                out = out + self.gaussian_part(z if z.dtype == torch.float64 else z.float(), t).to(out.dtype)
         return out
 
 
@@ -65,9 +80,9 @@ def build_noise_predictor(config: Mapping[str, Any]) -> NoisePredictor:
     """Build an (untrained) predictor from a plain config.
 
     ``config`` keys: ``npix``, ``base_channels``, ``channel_mults``, ``num_res_blocks``,
-    ``beta_min``, ``beta_max``, ``gaussian_part`` (bool) and, when ``gaussian_part``,
-    the arrays ``dust_power``, ``cmb_power`` (npix, npix) and ``dust_mean`` (if absent,
-    zero buffers are made, to be filled by ``load_state_dict``).
+    ``beta_min``, ``beta_max``, ``gaussian_part`` (bool), the array ``cmb_power``
+    (npix, npix) and, when ``gaussian_part``, ``dust_power`` (npix, npix) and
+    ``dust_mean`` (if absent, zero buffers are made, to be filled by ``load_state_dict``).
     """
     unet = UNet(
         in_channels=1,
@@ -77,13 +92,13 @@ def build_noise_predictor(config: Mapping[str, Any]) -> NoisePredictor:
     )
     schedule = LinearBetaSchedule(float(config["beta_min"]), float(config["beta_max"]))
     gaussian = None
+    npix = int(config["npix"])
+    zeros = np.zeros((npix, npix))
     if config.get("gaussian_part", False):
-        npix = int(config["npix"])
-        zeros = np.zeros((npix, npix))
         gaussian = GaussianNoisePredictor(
             config.get("dust_power", zeros), config.get("cmb_power", zeros), schedule, float(config.get("dust_mean", 0.0))
         )
-    return NoisePredictor(unet, schedule, gaussian)
+    return NoisePredictor(unet, schedule, config.get("cmb_power", zeros), gaussian)
 
 
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:

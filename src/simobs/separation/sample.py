@@ -12,6 +12,15 @@ With ``Σ ∇log p_t = −η̂ / √(1−ᾱ)`` (see :mod:`simobs.separation.sde
   ``z + βΔ(½z − η̂/√(1−ᾱ)) + √(βΔ) Σ^{1/2} ξ``; the exact linear part keeps the modes
   that carry no CMB (the damping tail) exact, where plain steps leave a bias of order
   Δ times the dust amplitude, large against their tiny posterior width;
+* stochastic Heun (``heun``, the default): the same step as a predictor, then the η̂
+  term re-evaluated at ``(z_pred, t−Δ)`` and averaged with the first (trapezoidal rule,
+  the same ``ξ``), ``z ← e^{ΔB/2} z − (e^{ΔB/2} − 1)(ε̂_t + ε̂_{t−Δ}) + √(e^{ΔB} − 1) Σ^{1/2} ξ``
+  with ``ε̂ = η̂/√(1−ᾱ)``; the last step (to t = 0, where ``ε̂`` is 0/0 for a network)
+  is an Euler step.  ``2n − 1`` predictor calls for n steps.  Why: the exact per-mode
+  calculation of :mod:`simobs.separation.discretisation` for Gaussian dust at σ = 1.5 on
+  the demo's 32² grid gives Euler–Maruyama at 24 steps a Wiener gain 3 % low, posterior
+  variance 7 % and sample power 5 % high; Heun at 20 steps stays below 0.6 % per mode (Euler
+  needs ~300 steps for that);
 * probability-flow ODE ``dz = [−½β z + ½β η̂/√(1−ᾱ)] dt``, same discretisation
   (deterministic: one estimate per observation, not posterior samples);
 * one-step Tweedie mean ``x̂ = E[x | y] = y − σ η̂(z_{t*}, t*)``.
@@ -31,10 +40,19 @@ import torch
 from simobs.separation.metrics import binned_power_spectrum
 from simobs.separation.sde import ColouredNoise, LinearBetaSchedule, observation_to_state
 
-__all__ = ["METHODS", "NoisePredictorFn", "sample_posterior", "PosteriorSummary", "separate_observations"]
+__all__ = [
+    "METHODS", "STOCHASTIC_METHODS", "NoisePredictorFn", "time_grid", "sample_posterior", "PosteriorSummary",
+    "separate_observations",
+]
 
 NoisePredictorFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-METHODS = ("euler_maruyama", "probability_flow", "tweedie")
+METHODS = ("heun", "euler_maruyama", "probability_flow", "tweedie")
+STOCHASTIC_METHODS = ("heun", "euler_maruyama")  #: methods that draw posterior samples
+
+
+def time_grid(t_star: torch.Tensor, n_steps: int, time_power: float = 1.0) -> list[torch.Tensor]:
+    """The reverse-time grid ``t_k = t*(1 − k/n)^time_power``, k = 0..n (``n + 1`` tensors of t*'s shape)."""
+    return [t_star * (1.0 - k / n_steps) ** time_power for k in range(n_steps + 1)]
 
 
 @torch.no_grad()
@@ -59,7 +77,7 @@ def sample_posterior(
         sigma: σ per row, shape ``(B,)`` or scalar.
         schedule: β schedule the predictor was trained with.
         noise: ``Σ^{1/2}`` of the normalised CMB power, same dtype/device as ``y``.
-        method: ``"euler_maruyama"`` (posterior samples), ``"probability_flow"``
+        method: ``"heun"`` or ``"euler_maruyama"`` (posterior samples), ``"probability_flow"``
             (deterministic ODE from ``z_{t*}``) or ``"tweedie"`` (posterior mean in one step).
         n_steps: steps from ``t*`` to 0 (ignored by ``"tweedie"``).
         generator: torch generator for the Euler–Maruyama noise.
@@ -77,22 +95,29 @@ def sample_posterior(
     sig = torch.as_tensor(sigma, dtype=y.dtype, device=y.device).expand(y.shape[0])
     if method == "tweedie":
         return y - sig[:, None, None] * predictor(z, t_star)
-    stochastic = method == "euler_maruyama"
+    stochastic = method in STOCHASTIC_METHODS
     drift_weight = 1.0 if stochastic else 0.5
-    for k in range(n_steps):
-        t = t_star * (1.0 - k / n_steps) ** time_power
-        t_next = t_star * (1.0 - (k + 1) / n_steps) ** time_power
-        # ΔB = ∫_{t_next}^{t} β: the linear part −½βz is integrated exactly (e^{ΔB/2}),
-        # the η̂ term is frozen over the step (Euler–Maruyama in exponential form).
-        delta_b = (schedule.integral(t) - schedule.integral(t_next))[:, None, None]
-        one_minus_abar = (-torch.expm1(-schedule.integral(t)))[:, None, None]
-        # Rows with σ = 0 have t* = 0 and ΔB = 0: they do not move (and avoid 0/0).
+    grid = time_grid(t_star, n_steps, time_power)
+
+    def eps(z_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        # ε̂ = η̂/√(1−ᾱ); rows with σ = 0 have t* = 0 and ΔB = 0: they do not move (and avoid 0/0).
+        one_minus_abar = (-torch.expm1(-schedule.integral(t_)))[:, None, None]
         safe = torch.where(one_minus_abar > 0, one_minus_abar, torch.ones_like(one_minus_abar))
-        eta = predictor(z, t).to(z.dtype)
+        return predictor(z_, t_).to(z_.dtype) / torch.sqrt(safe)
+
+    for k in range(n_steps):
+        t, t_next = grid[k], grid[k + 1]
+        # ΔB = ∫_{t_next}^{t} β: the linear part −½βz is integrated exactly (e^{ΔB/2}),
+        # the ε̂ term is frozen over the step (Euler) or averaged over its ends (Heun).
+        delta_b = (schedule.integral(t) - schedule.integral(t_next))[:, None, None]
         growth = torch.exp(0.5 * delta_b)
-        z = growth * z - 2.0 * drift_weight * (growth - 1.0) * eta / torch.sqrt(safe)
-        if stochastic:
-            z = z + torch.sqrt(torch.expm1(delta_b)) * noise.sample((z.shape[0],), generator=generator)
+        eps_t = eps(z, t)
+        kick = (torch.sqrt(torch.expm1(delta_b)) * noise.sample((z.shape[0],), generator=generator)
+                if stochastic else 0.0)
+        z_next = growth * z - 2.0 * drift_weight * (growth - 1.0) * eps_t + kick
+        if method == "heun" and k < n_steps - 1:
+            z_next = growth * z - (growth - 1.0) * (eps_t + eps(z_next, t_next)) + kick
+        z = z_next
     return z
 
 
@@ -118,6 +143,8 @@ class PosteriorSummary:
     cmb_sample_power: np.ndarray  #: (n, K)
     credible_levels: np.ndarray  #: (L,)
     k_centres: np.ndarray  #: (K,) cycles per pixel
+    method: str  #: the sampling method (``heun`` / ``euler_maruyama`` draw samples; the others one estimate)
+    n_samples: int  #: draws per observation S (1 for the deterministic methods)
 
 
 def _observation_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
@@ -135,8 +162,8 @@ def separate_observations(
     cmb_power: np.ndarray,
     n_samples: int = 32,
     batch_size: int = 32,
-    method: str = "euler_maruyama",
-    n_steps: int = 500,
+    method: str = "heun",
+    n_steps: int = 20,
     time_power: float = 1.0,
     seed: int = 0,
     indices: Sequence[int] | None = None,
@@ -171,7 +198,7 @@ def separate_observations(
     """
     n, npix = observations.shape[0], observations.shape[-1]
     device = torch.device(device)
-    if method != "euler_maruyama":
+    if method not in STOCHASTIC_METHODS:
         n_samples = 1  # deterministic: repeated draws would be identical
     n_saved = min(n_saved_samples, n_samples)
     indices = list(range(n)) if indices is None else list(indices)
@@ -215,4 +242,5 @@ def separate_observations(
             powers[f"{comp}_sample_power"][i] = p.mean(axis=0)
         if on_observation is not None:
             on_observation(i)
-    return PosteriorSummary(**out, **bounds, **saved, **powers, credible_levels=levels, k_centres=k_centres)
+    return PosteriorSummary(**out, **bounds, **saved, **powers, credible_levels=levels, k_centres=k_centres,
+                            method=method, n_samples=n_samples)

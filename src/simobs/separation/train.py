@@ -5,6 +5,12 @@ noise, ``t ~ U(t_min, t_max)``.  ``t_max`` need only reach ``t*`` of the largest
 will separate at (:func:`training_t_max`), which concentrates a small training budget
 where it is used.
 
+Resume: the checkpoint's key is the settings *and* a fingerprint of the training data
+(the dust maps and the CMB power, :func:`training_fingerprint`): new fields, a new
+cosmology or pixel size mean a new training run.  A checkpoint exists to survive a crash:
+it is deleted once the model file is written, so a finished run never stands in for
+training that a user asks for (``--forcerun train_score_model`` trains from epoch 1).
+
 Reproducibility: every random draw (order, augmentation, t, ε) comes from one CPU
 ``torch.Generator`` whose state is checkpointed, so a run that is killed and resumed
 ends with the same weights as an uninterrupted one, and a CPU rerun gives the same
@@ -13,6 +19,7 @@ weights.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -31,7 +38,9 @@ from simobs.separation.sde import ColouredNoise, LinearBetaSchedule, observation
 from simobs.separation.wiener import GaussianNoisePredictor, estimate_power_2d
 from simobs.devices import resolve_device
 
-__all__ = ["TrainSettings", "TrainResult", "train_score_model", "training_t_max", "denoising_examples"]
+__all__ = [
+    "TrainSettings", "TrainResult", "train_score_model", "training_t_max", "training_fingerprint", "denoising_examples",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +114,29 @@ def training_t_max(schedule: LinearBetaSchedule, sigma_max: float, margin: float
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    k, flip, dy, dx = (int(v) for v in torch.randint(0, 1 << 30, (4,), generator=gen))
-    x = torch.rot90(x, k % 4, dims=(-2, -1))
-    if flip % 2:
-        x = torch.flip(x, dims=(-1,))
-    return torch.roll(x, shifts=(dy % x.shape[-2], dx % x.shape[-1]), dims=(-2, -1))
+    """One random rotation, flip and periodic shift *per map* of ``x`` (B, npix, npix)."""
+    draws = torch.randint(0, 1 << 30, (x.shape[0], 4), generator=gen)
+    out = torch.empty_like(x)
+    for i, (k, flip, dy, dx) in enumerate(draws.tolist()):
+        m = torch.rot90(x[i], k % 4, dims=(-2, -1))
+        if flip % 2:
+            m = torch.flip(m, dims=(-1,))
+        out[i] = torch.roll(m, shifts=(dy % x.shape[-2], dx % x.shape[-1]), dims=(-2, -1))
+    return out
+
+
+def training_fingerprint(train_maps: np.ndarray, cmb_power: np.ndarray) -> str:
+    """SHA-256 (16 hex digits) of the training maps and the CMB power: the data half of the resume key.
+
+    Any change of the dust model, cosmology, pixel size, ``n_train`` or seed changes the maps
+    or the spectrum, hence the fingerprint (and the Gaussian part's buffers are rebuilt).
+    """
+    digest = hashlib.sha256()
+    for array in (train_maps, cmb_power):
+        a = np.ascontiguousarray(array, dtype=np.float64 if array is cmb_power else np.float32)
+        digest.update(repr(a.shape).encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _lr_factor(step: int, total: int) -> float:
@@ -139,7 +166,7 @@ def _dsm_loss(
 
 def _checkpoint_payload(
     epoch: int, model: NoisePredictor, ema: NoisePredictor, opt: torch.optim.Optimizer,
-    gen: torch.Generator, history: list[dict[str, float]], settings: TrainSettings,
+    gen: torch.Generator, history: list[dict[str, float]], settings: TrainSettings, fingerprint: str,
 ) -> dict[str, Any]:
     return {
         "epoch": epoch,
@@ -149,6 +176,7 @@ def _checkpoint_payload(
         "generator": gen.get_state(),
         "history": history,
         "settings": asdict(settings),
+        "fingerprint": fingerprint,
     }
 
 
@@ -170,7 +198,9 @@ def train_score_model(
         settings: hyper-parameters.
         model_path: final weights (EMA), written atomically at the end.
         checkpoint_path: per-epoch checkpoint (atomic); if present and written with the
-            same settings, training resumes after its epoch (logged at INFO level).
+            same settings and training data (:func:`training_fingerprint`), training
+            resumes after its epoch (logged at INFO level).  Deleted once ``model_path``
+            is written: only an interrupted run resumes.
         device: ``None``/"auto" picks CUDA if available, else CPU.
         on_epoch: called with ``(metrics, epoch)`` after every epoch (e.g. MLflow logging).
 
@@ -203,10 +233,11 @@ def train_score_model(
     history: list[dict[str, float]] = []
     start_epoch = 0
 
+    fingerprint = training_fingerprint(train_maps, cmb_power)
     checkpoint_path = Path(checkpoint_path)
     if checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if ckpt.get("settings") == asdict(settings):
+        if ckpt.get("settings") == asdict(settings) and ckpt.get("fingerprint") == fingerprint:
             model.load_state_dict(ckpt["model"])
             ema.load_state_dict(ckpt["ema"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -216,7 +247,8 @@ def train_score_model(
             log.info("resuming training from checkpoint %s after epoch %d of %d", checkpoint_path, start_epoch,
                      settings.epochs)
         else:
-            log.warning("checkpoint %s was written with other settings; starting from scratch", checkpoint_path)
+            log.warning("checkpoint %s was written with other settings or training data (fingerprint %s, now %s); "
+                        "starting from scratch", checkpoint_path, ckpt.get("fingerprint"), fingerprint)
 
     # The loss of the closed-form Gaussian predictor alone (= the Wiener filter's): the
     # network's validation loss below it measures what it learned beyond second order.
@@ -260,7 +292,7 @@ def train_score_model(
         }
         history.append(metrics)
         with atomic_path(checkpoint_path) as tmp:
-            torch.save(_checkpoint_payload(epoch + 1, model, ema, opt, gen, history, settings), tmp)
+            torch.save(_checkpoint_payload(epoch + 1, model, ema, opt, gen, history, settings, fingerprint), tmp)
         log.info("epoch %d/%d: train_loss %.5f val_loss %.5f (Gaussian part alone %.5f) %.1f s", epoch + 1,
                  settings.epochs, metrics["train_loss"], metrics["val_loss"], gaussian_val_loss,
                  metrics["epoch_seconds"])
@@ -268,7 +300,11 @@ def train_score_model(
             on_epoch(metrics, epoch + 1)
 
     ema.eval()
-    save_noise_predictor(ema, config, model_path, extra={"history": history, "device": str(dev)})
+    save_noise_predictor(ema, config, model_path,
+                         extra={"history": history, "device": str(dev), "training_fingerprint": fingerprint})
+    # The model is written: the checkpoint has done its job (surviving a crash) and must
+    # not stand in for the training of a forced rerun.
+    checkpoint_path.unlink(missing_ok=True)
     return TrainResult(ema, history, start_epoch, time.perf_counter() - start_time, parameter_count(ema.unet), str(dev))
 
 
