@@ -17,7 +17,7 @@ from typing import Any
 __all__ = [
     "canonical_config",
     "demo_source_settings",
-    "ConfigError", "explain_schema_errors", "check_sources", "source_by_name", "sources_of_kind"]
+    "ConfigError", "explain_schema_errors", "merge_extra_sources", "check_sources", "source_by_name", "sources_of_kind"]
 
 
 class ConfigError(ValueError):
@@ -122,6 +122,16 @@ def _pattern_groups(pattern: str | None, key: str) -> set[str]:
     return groups
 
 
+def merge_extra_sources(config: dict[str, Any]) -> None:
+    """Append ``extra_sources`` (an overlay's added sources) to ``sources``, in place.
+
+    ``--configfile`` overlays replace lists, so an overlay that adds a source lists it
+    under ``extra_sources`` (config/examples/tng-skirt.yaml).
+    """
+    extra = config.pop("extra_sources", None) or []
+    config["sources"] = list(config.get("sources", [])) + list(extra)
+
+
 def source_by_name(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     for s in config["sources"]:
         if s["name"] == name:
@@ -163,6 +173,7 @@ def demo_source_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]
         "band_order": src.get("cube_band_order") or src["bands"],
         "integer": (not observed) and src["demo_model"] in demo["integer_models"],
         "workers": demo["workers"],
+        "layout": src["layout"],
     }
 
 

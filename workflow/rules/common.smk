@@ -19,11 +19,13 @@ from simobs.config import (  # noqa: E402
     check_sources,
     demo_source_settings,
     explain_schema_errors,
+    merge_extra_sources,
 )
 from simobs.data.ingest import files_fingerprint  # noqa: E402
 
 SCHEMA = Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
 
+merge_extra_sources(config)  # sources added by a --configfile overlay
 try:
     validate(config, str(SCHEMA))
 except WorkflowError:

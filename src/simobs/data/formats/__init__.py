@@ -14,6 +14,8 @@ from pathlib import Path
 from simobs.data.formats.base import GalaxyImage, RejectedFile, SourceLayout
 from simobs.data.formats.cube import read_cube
 from simobs.data.formats.mef import read_mef
+from simobs.data.formats.nihao_skirt import read_nihao_skirt
+from simobs.data.formats.skirt_tng import read_skirt_tng
 
 __all__ = ["READERS", "GalaxyImage", "RejectedFile", "SourceLayout", "read_images", "reader_for"]
 
@@ -22,6 +24,8 @@ Reader = Callable[[str | Path, SourceLayout], list[GalaxyImage]]
 READERS: dict[str, Reader] = {
     "mef": read_mef,
     "cube": read_cube,
+    "skirt_tng": read_skirt_tng,
+    "nihao_skirt": read_nihao_skirt,
 }
 
 
