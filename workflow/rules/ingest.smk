@@ -29,8 +29,7 @@ rule index_source:
 
 rule ingest_shard:
     input:
-        index="results/datasets/index/{source}.files.txt",
-        index_run="results/datasets/index/{source}.run_id",
+        unpack(ingest_shard_input),
     output:
         shard=temp("results/datasets/shards/{source}/{shard}.h5"),
         manifest=temp("results/datasets/shards/{source}/{shard}.rejected.tsv"),

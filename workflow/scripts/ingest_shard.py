@@ -1,4 +1,4 @@
-"""Rule ingest_shard: read, validate and normalise one slice of a source's files."""
+"""Rule ingest_shard: read, validate and normalise one slice of a source's files (or its prepared shard)."""
 
 from simobs.data.ingest import ingest_source_shard
 from simobs.tracking import job_run
@@ -8,7 +8,8 @@ with job_run(snakemake, params={"source": p.source, "ingest": p.settings, "n_sha
     result = ingest_source_shard(
         p.source,
         p.settings,
-        index=snakemake.input.index,
+        index=snakemake.input.get("index"),
+        prepared=snakemake.input.get("prepared"),
         shard=int(snakemake.wildcards.shard),
         n_shards=p.n_shards,
         out=snakemake.output.shard,

@@ -242,12 +242,14 @@ def sample_galaxies(
 # --------------------------------------------------------------------------- rendering
 
 
-def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings()) -> np.ndarray:
+def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings(), *,
+                  idealised: bool = False) -> np.ndarray:
     """Render one galaxy image in nanomaggies, shape (3, size, size) in g, r, i order.
 
     The bulge and disk fluxes per band follow from their templates at the galaxy's
     redshift; the image is convolved with the band's seeing PSF and gets Gaussian sky
-    noise plus Poisson-like source noise.
+    noise plus Poisson-like source noise, unless ``idealised`` (no PSF, no noise: a
+    simulation mock as radiative transfer gives it, see :mod:`simobs.data.demo_skirt`).
     """
     import galsim
 
@@ -282,6 +284,11 @@ def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings()
             parts += [disk.withFlux(f_disk * (1 - kf)), knots.withFlux(f_knots)]
         else:
             parts.append(disk.withFlux(f_disk))
+        if idealised:
+            # Sampled at pixel centres: without a PSF an FFT of the cuspy bulge would be huge.
+            image[b] = galsim.Add(parts).drawImage(nx=size, ny=size, scale=settings.pixel_scale,
+                                                   method="no_pixel").array
+            continue
         psf = galsim.Kolmogorov(fwhm=float(row[f"seeing_fwhm_{band}"]))
         gal = galsim.Convolve(galsim.Add(parts), psf)
         img = gal.drawImage(nx=size, ny=size, scale=settings.pixel_scale).array
@@ -434,10 +441,20 @@ def generate_from_settings(
     band_order: Sequence[str] = BANDS,
     integer: bool = False,
     workers: int = 1,
+    layout: str = "cube",
 ) -> pd.DataFrame:
-    """:func:`write_demo_source` from the flat settings the workflow passes."""
+    """:func:`write_demo_source` from the flat settings the workflow passes.
+
+    A simulation source with ``layout: skirt_tng`` is written as idealised TNG SKIRT
+    files instead (:mod:`simobs.data.demo_skirt`), for the realism stage.
+    """
     settings = DemoSettings(image_size=image_size, pixel_scale=pixel_scale, seeing_fwhm=seeing_fwhm,
                             noise_scale=noise_scale)
+    if layout == "skirt_tng":
+        from simobs.data.demo_skirt import write_tng_skirt_source
+
+        return write_tng_skirt_source(out_dir, source=source, model=model, n_galaxies=n_galaxies,
+                                      n_projections=n_projections, seed=seed, settings=settings)
     return write_demo_source(out_dir, source=source, kind=kind, model=model, n_galaxies=n_galaxies,
                              n_projections=n_projections, seed=seed, settings=settings,
                              band_order=tuple(band_order), integer=integer, workers=workers)
