@@ -63,12 +63,17 @@ def _config() -> dict:
 
 def _timed(fn: Callable[[], object], repeat: int = 1) -> float:
     """Best wall time of ``repeat`` calls (s): the least disturbed by the machine's other users."""
-    best = float("inf")
+    return _timed_result(fn, repeat)[0]
+
+
+def _timed_result(fn: Callable[[], object], repeat: int = 1) -> tuple[float, object]:
+    """Best wall time of ``repeat`` calls (s) and the last call's result."""
+    best, result = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         best = min(best, time.perf_counter() - t0)
-    return best
+    return best, result
 
 
 def _power_law(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
@@ -166,7 +171,7 @@ def bench_encode(quick: bool) -> list[Row]:
     model, settings, bands, size = _vae(cfg)
     embed_batch = int(cfg["embedding"]["embed_batch_size"])
     model.eval()
-    n = 512 if quick else 2048
+    n = 256 if quick else 1024
     images = torch.randn(n, bands, size, size)
 
     def encode(batch: int) -> None:
@@ -175,8 +180,8 @@ def bench_encode(quick: bool) -> list[Row]:
                 model(images[s:s + batch], k=settings.k_inference, sample=False)
 
     encode(64)  # warm-up
-    base = _timed(lambda: encode(64), repeat=2)
-    big = _timed(lambda: encode(embed_batch), repeat=2)
+    base = _timed(lambda: encode(64))
+    big = _timed(lambda: encode(embed_batch))
     rows = [Row("5 encode", "encode, batch 64, CPU", n / base, "images/s"),
             Row("5 encode", f"encode, batch {embed_batch}, CPU", n / big, "images/s", "batch 64", base / big)]
     if not torch.cuda.is_available():
@@ -211,9 +216,8 @@ def bench_ood(quick: bool) -> list[Row]:
         obs = rng.normal(size=(n_obs, dim)).astype(np.float32) * np.linspace(0.1, 2, dim, dtype=np.float32)
         knn = KnnReference.fit(ref, k=k, n_components=comps)
         proj = knn.project(obs)
-        old_t = _timed(lambda: _old_knn_score(knn.points, proj, k))
-        new_t = _timed(lambda: knn.score(obs))
-        old, new = _old_knn_score(knn.points, proj, k), knn.score(obs)
+        old_t, old = _timed_result(lambda: _old_knn_score(knn.points, proj, k))
+        new_t, new = _timed_result(lambda: knn.score(obs))
         thr = np.quantile(old, 0.95)
         rows.append(Row("6 ood", f"knn {n_obs} x {n_ref}, new (float32, torch top-k)", new_t, "s",
                         "old (float64, np.partition)", new_t / old_t,
