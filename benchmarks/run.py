@@ -13,7 +13,8 @@ shared and noisy), next to the raw seconds.  Rows (the issue's items):
 6. ``ood``       -- k-NN OOD score, old (float64, ``np.partition``) against new (float32,
    torch top-k) at the same sizes; power-law fit in N x M and extrapolation to 600k x 50k.
 7. ``umap``      -- fit + transform of the configured strategy at growing N, extrapolated to 600k.
-8. ``separation`` -- not measured yet (benchmarks/separation_map_size.py measures map size).
+8. ``separation`` -- posterior samples/s (untrained network of the demo's shape), and sampling
+   from t*(sigma) against the same step size from t = 1 (benchmarks/separation_map_size.py: map size).
 9. ``demo``      -- ``make demo`` wall time, read from benchmarks/results/demo.json
    (``{"wall_s": ..., "cores": ..., "date": ...}``, written by whoever ran the demo); never run here.
 
@@ -263,7 +264,45 @@ def bench_umap(quick: bool) -> list[Row]:
     return rows
 
 
-# ---------------------------------------------------------------- 3, 8: not yet; 9. demo
+# ---------------------------------------------------------------- 8. separation
+def bench_separation(quick: bool) -> list[Row]:
+    """Posterior samples/s of the demo's sampler, and the cost of starting at t* against t = 1.
+
+    The network is untrained (the cost does not depend on its weights).  "From t = 1" is
+    the same step size over the whole reverse run: ``ceil(n_steps / t*)`` steps.
+    """
+    import math
+
+    import torch
+
+    from simobs.separation.model import build_noise_predictor
+    from simobs.separation.sample import sample_posterior
+    from simobs.separation.sde import ColouredNoise, LinearBetaSchedule
+
+    sep = _config()["separation"]
+    npix, sigma = int(sep["fields"]["npix"]), float(max(np.atleast_1d(sep["fields"]["sigma"])))
+    model = build_noise_predictor({**sep["model"], **sep["sde"], "npix": npix, "gaussian_part": False}).eval()
+    schedule = LinearBetaSchedule(sep["sde"]["beta_min"], sep["sde"]["beta_max"])
+    s = sep["sampling"]
+    n_samples = 4 if quick else 8  # the demo draws n_samples=40 per observation; the rate per sample is what counts
+    t_star = float(schedule.t_star(sigma))
+    y = torch.randn(n_samples, npix, npix, generator=torch.Generator().manual_seed(0))
+    noise = ColouredNoise(np.ones((npix, npix)))  # white CMB: the cost does not depend on the spectrum
+
+    def run(n_steps: int) -> None:
+        with torch.inference_mode():
+            sample_posterior(model, y, sigma, schedule=schedule, noise=noise, n_steps=n_steps,
+                             generator=torch.Generator().manual_seed(0))
+
+    n_full = math.ceil(int(s["n_steps"]) / t_star)
+    from_t_star, from_one = _timed(lambda: run(int(s["n_steps"]))), _timed(lambda: run(n_full))
+    return [Row("8 separation", f"posterior samples, {npix}^2, {s['n_steps']} steps from t*={t_star:.2f}",
+                n_samples / from_t_star, "samples/s"),
+            Row("8 separation", f"from t*: time / a run from t=1 ({n_full} steps)", from_t_star / from_one, "fraction",
+                "from t=1", note=f"expected ~t* = {t_star:.2f} (largest sigma {sigma:g})")]
+
+
+# ---------------------------------------------------------------- 3: not yet; 9. demo
 def bench_not_yet(item: str, what: str) -> Callable[[bool], list[Row]]:
     return lambda quick: [Row(item, what, float("nan"), "", note="not measured yet (see README Performance)")]
 
@@ -281,7 +320,7 @@ def bench_demo(quick: bool) -> list[Row]:
 BENCHES: dict[str, Callable[[bool], list[Row]]] = {
     "dag": bench_dag, "ingest": bench_ingest, "loader": bench_not_yet("3 loader", "HDF5 loader vs training step"),
     "train": bench_train, "encode": bench_encode, "ood": bench_ood, "umap": bench_umap,
-    "separation": bench_not_yet("8 separation", "posterior samples/s, t* vs t=1"), "demo": bench_demo,
+    "separation": bench_separation, "demo": bench_demo,
 }
 
 
