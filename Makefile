@@ -12,7 +12,7 @@ PORT       ?= 5000
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.simobs-installed
 
-.PHONY: install demo test test-fast ui report lint clean-results
+.PHONY: install demo test test-fast ui report lint clean-results bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-fast: install
 
 ui: install
 	$(BIN)/python -m simobs.cli ui --configfile $(CONFIG) --port $(PORT)
+
+# Performance suite (issue 16): prints a table, writes benchmarks/results/bench.json; < 15 min on 2 cores.
+bench: install
+	PYTHONWARNINGS=ignore $(BIN)/python benchmarks/run.py
 
 lint: install
 	$(BIN)/snakemake --lint --cores 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +21,24 @@ def test_separation_map_size_benchmark_runs_and_reports_ratios() -> None:
     assert [r[0] for r in rows] == ["16", "32"], out
     assert rows[0][2] == "1.00" and rows[0][4] == "1.00", out  # the first size is the baseline
     assert all(float(r[1]) > 0 and float(r[3]) > 0 for r in rows), out
+
+
+def test_suite_prints_a_table_and_writes_json_with_ratios_and_the_machine(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/run.py"), "--quick", "--only", "ood", "encode", "demo", "ingest",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=900, check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    result = json.loads(out_json.read_text())
+    assert result["machine"]["cpus"] >= 1 and "load_average_start" in result["machine"]
+    rows = {r["name"]: r for r in result["rows"]}
+    ood = [r for r in result["rows"] if r["item"] == "6 ood"]
+    assert len(ood) == 4, proc.stdout
+    measured = [r for r in ood if r["ratio"] is not None]
+    assert len(measured) == 3 and all(r["value"] > 0 and r["ratio"] > 0 for r in measured)
+    assert all("flags differing at the 95% quantile: 0" in r["note"] for r in measured), proc.stdout  # exact path
+    assert "extrapolated" in ood[-1]["name"] and ood[-1]["value"] > measured[-1]["value"]
+    assert rows["encode, batch 64, CPU"]["value"] > 0
+    assert any("GPU" in name and "skipped" in r["note"] for name, r in rows.items()) or result["machine"]["gpu"]
+    assert "6 ood" in proc.stdout and "machine:" in proc.stdout  # the printed table

@@ -9,6 +9,13 @@ on ~50k and transforming the rest takes minutes.
 
 Reproducibility: ``random_state`` fixes UMAP's initialisation and sampling (UMAP then
 runs single-threaded, which is the price of a bit-identical rerun).
+
+JIT compilation: most of umap-learn's numba kernels are compiled without ``cache=True``,
+so every process used to pay ~60 s of compilation before its first ``fit``/``transform``
+(issue 16).  :func:`cache_umap_kernels` switches numba's on-disk cache on for them, so
+the compilation is paid once per environment: the cache lives beside the package (in
+``site-packages/umap/__pycache__``) or, where that is read-only, in numba's user-wide
+cache (``~/.cache/numba``); ``NUMBA_CACHE_DIR`` moves it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import pandas as pd
 
 from simobs.comparison.embeddings import EmbeddingSet
 
-__all__ = ["ProjectionSettings", "fit_sample_indices", "project_embeddings"]
+__all__ = ["ProjectionSettings", "cache_umap_kernels", "fit_sample_indices", "project_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,30 @@ class ProjectionSettings:
         if s.fit_max_samples < s.n_neighbors + 2:
             raise ValueError(f"projection.fit_max_samples={s.fit_max_samples} must exceed n_neighbors={s.n_neighbors}")
         return s
+
+
+_UMAP_KERNEL_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.sparse", "umap.distances", "umap.spectral")
+
+
+def cache_umap_kernels() -> int:
+    """Turn on numba's on-disk cache for umap-learn's not-yet-compiled kernels; returns how many.
+
+    Call before the first UMAP ``fit`` of a process.  Kernels numba cannot cache still
+    compile (numba warns and carries on), so the call is always safe.
+    """
+    import importlib
+
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    enabled = 0
+    for name in _UMAP_KERNEL_MODULES:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache) and not value.signatures:
+                value.enable_caching()
+                enabled += 1
+    return enabled
 
 
 def fit_sample_indices(sizes: Sequence[int], eligible: Sequence[bool], max_samples: int, seed: int) -> list[np.ndarray]:
@@ -95,6 +126,7 @@ def project_embeddings(sets: Sequence[EmbeddingSet], settings: ProjectionSetting
     """
     import umap
 
+    cache_umap_kernels()
     dims = {s.embedding.shape[1] for s in sets}
     if len(dims) != 1:
         raise ValueError(f"sources have different latent dimensions {sorted(dims)}; embed all with the same model")

@@ -42,6 +42,17 @@ __all__ = ["KnnReference", "OODScorer", "OOD_METHODS"]
 
 OOD_METHODS = ("knn", "energy", "max_softmax")
 
+_CHUNK = 8192  # rows per chunk when standardising/accumulating (bounds float64 temporaries)
+
+
+def _standardise(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(N, D) float32 ``(x - mean) / scale``, computed in row chunks (no float64 copy of ``x``)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    m32, s32 = mean.astype(np.float32), scale.astype(np.float32)
+    for start in range(0, len(x), _CHUNK):
+        np.divide(np.subtract(x[start:start + _CHUNK], m32, dtype=np.float32), s32, out=out[start:start + _CHUNK])
+    return out
+
 
 @dataclass
 class KnnReference:
@@ -62,40 +73,62 @@ class KnnReference:
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, k: int = 10, n_components: int = 32) -> KnnReference:
-        """Fit on (M, D) reference embeddings (the simulations' training split)."""
-        x = np.asarray(embeddings, dtype=np.float64)
+        """Fit on (M, D) reference embeddings (the simulations' training split).
+
+        Memory: one float32 (M, D) standardised copy at most (no float64 copy of the
+        reference); the principal axes come from the (D, D) covariance, accumulated in
+        float64 over row chunks, not from an SVD of the (M, D) matrix.
+        """
+        x = np.asarray(embeddings)
         if x.ndim != 2 or len(x) <= k:
             raise ValueError(f"need more than k={k} reference embeddings of shape (M, D), got {x.shape}")
-        mean, scale = x.mean(0), x.std(0)
+        x = x.astype(np.float32, copy=False)
+        mean = x.mean(0, dtype=np.float64)
+        scale = x.std(0, dtype=np.float64)
         scale[scale < 1e-8] = 1.0  # dead latents: constant, carry no distance
-        z = (x - mean) / scale
+        z = _standardise(x, mean, scale)
         n_comp = max(1, min(n_components, z.shape[1], len(z) - 1))
-        _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
-        comps = vt[:n_comp].T
-        return cls(mean=mean, scale=scale, components=comps, points=(z @ comps).astype(np.float32), k=k)
+        cov = np.zeros((z.shape[1], z.shape[1]))
+        for start in range(0, len(z), _CHUNK):
+            zc = z[start:start + _CHUNK].astype(np.float64)
+            cov += zc.T @ zc
+        zbar = z.mean(0, dtype=np.float64)
+        cov -= len(z) * np.outer(zbar, zbar)
+        _, vecs = np.linalg.eigh(cov)  # ascending eigenvalues
+        comps = np.ascontiguousarray(vecs[:, ::-1][:, :n_comp])
+        return cls(mean=mean, scale=scale, components=comps, points=z @ comps.astype(np.float32), k=k)
 
     def project(self, x: np.ndarray) -> np.ndarray:
-        return (((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.components).astype(np.float32)
+        """(N, C) float32 projections of (N, D) embeddings."""
+        return _standardise(np.asarray(x), self.mean, self.scale) @ self.components.astype(np.float32)
 
     def score(self, x: np.ndarray, *, exclude_self: bool = False, batch: int = 2048) -> np.ndarray:
-        """(N,) mean Euclidean distance to the k nearest reference points, in batches (BLAS).
+        """(N,) mean Euclidean distance to the k nearest reference points (exact, float32).
 
-        ``exclude_self`` drops the nearest neighbour (for scoring the reference points themselves).
+        Each batch of ``batch`` queries costs one float32 matrix product against the
+        reference and a top-k selection (torch's, ~10x faster than ``np.partition``);
+        the k selected distances are then recomputed directly from the coordinates, so
+        the score carries no cancellation error of the ``|q|^2 + |r|^2 - 2 q.r``
+        expansion.  ``exclude_self`` drops the nearest neighbour (for scoring the
+        reference points themselves).
         """
-        q = self.project(x)
-        ref = self.points
-        ref_sq = (ref.astype(np.float64) ** 2).sum(1)
+        import torch
+
+        q = torch.from_numpy(np.ascontiguousarray(self.project(x)))
+        ref = torch.from_numpy(np.ascontiguousarray(self.points, dtype=np.float32))
+        ref_sq = (ref * ref).sum(1)
         k = self.k + (1 if exclude_self else 0)
         out = np.empty(len(q), dtype=np.float64)
-        for start in range(0, len(q), batch):
-            qb = q[start : start + batch].astype(np.float64)
-            d2 = (qb**2).sum(1)[:, None] + ref_sq[None, :] - 2.0 * qb @ ref.T.astype(np.float64)
-            np.maximum(d2, 0.0, out=d2)
-            near = np.partition(d2, k - 1, axis=1)[:, :k]
-            near.sort(axis=1)
-            if exclude_self:
-                near = near[:, 1:]
-            out[start : start + batch] = np.sqrt(near).mean(1)
+        with torch.inference_mode():
+            for start in range(0, len(q), batch):
+                qb = q[start:start + batch]
+                d2 = torch.addmm(ref_sq[None, :], qb, ref.T, alpha=-2.0)  # |r|^2 - 2 q.r: same order as |q-r|^2
+                idx = torch.topk(d2, k, dim=1, largest=False, sorted=False).indices
+                dist = torch.linalg.vector_norm(ref[idx] - qb[:, None, :], dim=2).double()
+                dist = dist.sort(dim=1).values
+                if exclude_self:
+                    dist = dist[:, 1:]
+                out[start:start + len(qb)] = dist.mean(1).numpy()
         return out
 
 
