@@ -19,6 +19,7 @@ configfile: Path(workflow.basedir) / "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
+include: "workflow/rules/cutouts.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/embedding.smk"
 include: "workflow/rules/comparison.smk"

@@ -132,3 +132,23 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert res.returncode != 0
     assert "ingest.shards: 'two' should be of type integer" in res.output
     assert not (tmp_path / "results").exists()
+
+
+def test_all_files_rejected_keeps_the_reasons_where_the_message_says(tmp_path):
+    """Snakemake deletes a failed merge's outputs; the manifest the error names must survive."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        (raw / f"galaxy{i}.fits").write_text("not a FITS file\n")
+    cfg = tmp_path / "junk.yaml"
+    cfg.write_text(yaml.safe_dump({"study": "junk", "tracking": {"enabled": False}, "sources": [
+        {"name": "junk", "kind": "observation", "path": "raw/*.fits", "layout": "mef", "bands": ["g", "r", "i"]}]}))
+    res = run_snakemake(tmp_path, "results/datasets/junk.h5", configfiles=(cfg,))
+    assert res.returncode != 0
+    named = "results/logs/ingest_merge/junk.rejected.tsv"
+    assert f"none of its 3 files could be ingested; the reasons (unreadable: 3) are in {named}" in res.output
+    manifest = pd.read_csv(tmp_path / named, sep="\t")
+    assert sorted(manifest["file"]) == [f"raw/galaxy{i}.fits" for i in range(3)]
+    assert (manifest["code"] == "unreadable").all()
+    assert "rejected files of source 'junk' by reason: unreadable: 3" in (tmp_path / "results/logs/ingest_merge/junk.log").read_text()
+    assert not (tmp_path / "results/datasets/junk.h5").exists()

@@ -56,6 +56,18 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+# Sources whose images a pre-ingestion stage prepares: source -> stage (results/<stage>/).
+PREPARED = {n: "cutouts" for n, s in SOURCES.items() if s["layout"] == "sdss_frames"}
+
+
+def ingest_shard_inputs(w):
+    if w.source in PREPARED:
+        base = f"results/{PREPARED[w.source]}/{w.source}/{w.shard}"
+        return {"prepared": f"{base}.h5", "prepared_manifest": f"{base}.rejected.tsv", "prepared_run": f"{base}.run_id"}
+    return {"index": f"results/datasets/index/{w.source}.files.txt",
+            "index_run": f"results/datasets/index/{w.source}.run_id"}
+
+
 def n_shards(name):
     return int(SOURCES[name].get("shards") or config["ingest"]["shards"])
 

@@ -29,8 +29,8 @@ rule index_source:
 
 rule ingest_shard:
     input:
-        index="results/datasets/index/{source}.files.txt",
-        index_run="results/datasets/index/{source}.run_id",
+        # raw files through the index, or a pre-ingestion stage's prepared shard (PREPARED)
+        unpack(ingest_shard_inputs),
     output:
         shard=temp("results/datasets/shards/{source}/{shard}.h5"),
         manifest=temp("results/datasets/shards/{source}/{shard}.rejected.tsv"),
@@ -70,6 +70,9 @@ rule ingest_merge:
     params:
         source=lambda w: SOURCES[w.source],
         settings=config["ingest"],
+        # where the rejected-files manifest goes when the merge fails (Snakemake then deletes
+        # the job's outputs, the manifest among them; this file is no output)
+        failure_manifest=lambda w: f"results/logs/ingest_merge/{w.source}.rejected.tsv",
     resources:
         mem_mb=4000,
         runtime=120,

@@ -8,10 +8,12 @@ with job_run(snakemake, params={"source": p.source, "ingest": p.settings, "n_sha
     result = ingest_source_shard(
         p.source,
         p.settings,
-        index=snakemake.input.index,
+        index=snakemake.input.get("index"),
         shard=int(snakemake.wildcards.shard),
         n_shards=p.n_shards,
         out=snakemake.output.shard,
         manifest=snakemake.output.manifest,
+        prepared=snakemake.input.get("prepared"),
+        prepared_manifest=snakemake.input.get("prepared_manifest"),
     )
     run.log_metrics({"n_files": result.n_files, "n_images": result.n_images, "n_rejected": len(result.rejected)})

@@ -17,6 +17,7 @@ stage decides whether that skips the file or fails the job.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +51,14 @@ class SourceLayout:
     pixel_scale: float | None = None  # arcsec/pixel expected
     pixel_scale_key: str | None = "PIXSCALE"
     pixel_scale_rtol: float = 0.01
+    id_pattern: str | None = None  # regex on the file name giving the id (group "id" or the first group)
+    rgb_channels: tuple[str, ...] = ("i", "r", "g")  # rgb: the bands shown as R, G, B
 
     def __post_init__(self) -> None:
-        if self.layout not in ("mef", "cube"):
-            raise ValueError(f"layout must be 'mef' or 'cube', not {self.layout!r}")
-        if self.layout == "cube":
-            order = self.cube_band_order or self.bands
+        if self.layout not in ("mef", "cube", "sdss_frames", "rgb"):
+            raise ValueError(f"layout must be 'mef', 'cube', 'rgb' or 'sdss_frames', not {self.layout!r}")
+        if self.layout == "cube" and self.cube_band_order:
+            order = self.cube_band_order
             missing = [b for b in self.bands if b not in order]
             if missing:
                 raise ValueError(f"cube_band_order {list(order)} lacks band(s) {missing} listed in bands")
@@ -78,6 +81,27 @@ def _header_value(headers: Sequence, key: str | None) -> str | None:
         if key in h and str(h[key]).strip() != "":
             return str(h[key]).strip()
     return None
+
+
+def _header_band_order(header, n_planes: int) -> list[str]:
+    """Band order of a cube from its header: ``BANDS`` ('grz' or 'g,r,z') or ``BAND0``, ``BAND1``, ...
+
+    Raises:
+        RejectedFile: neither is there (the config's ``cube_band_order`` is then needed).
+    """
+    value = str(header.get("BANDS", "")).strip()
+    if value:
+        parts = [p.strip() for p in re.split(r"[,\s]+", value) if p.strip()]
+        return parts if len(parts) > 1 or n_planes == 1 else list(value)
+    keyed = [str(header[f"BAND{i}"]).strip() for i in range(n_planes) if f"BAND{i}" in header]
+    if len(keyed) == n_planes:
+        return keyed
+    if n_planes == 1 and str(header.get("BAND", header.get("FILTER", ""))).strip():  # a one-band image
+        return [str(header.get("BAND", header.get("FILTER"))).strip()]
+    raise RejectedFile(
+        f"no band order: the header has neither BANDS nor BAND0..BAND{n_planes - 1}; set the source's "
+        f"cube_band_order in the config", "missing_keyword"
+    )
 
 
 def _check_pixel_scale(headers: Sequence, layout: SourceLayout) -> None:
@@ -120,6 +144,12 @@ def read_galaxy_image(path: str | Path, layout: SourceLayout) -> GalaxyImage:
     from astropy.io import fits
 
     path = Path(path)
+    if layout.layout == "rgb":
+        from simobs.data.rgb import image_id_from_name, read_rgb_image
+
+        pixels = read_rgb_image(path, bands=layout.bands, channels=layout.rgb_channels, image_shape=layout.image_shape)
+        image_id = image_id_from_name(path, layout.id_pattern)
+        return GalaxyImage(image_id=image_id, galaxy_id=image_id, projection_id=-1, pixels=pixels)
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
             headers = [h.header for h in hdul]
@@ -152,7 +182,12 @@ def read_galaxy_image(path: str | Path, layout: SourceLayout) -> GalaxyImage:
                 if data is None:
                     raise RejectedFile(f"HDU {layout.hdu!r} holds no data", "missing_hdu")
                 data = np.asarray(data, dtype=np.float32)
-                order = [b.lower() for b in (layout.cube_band_order or layout.bands)]
+                if data.ndim == 2:  # a single-band image is a one-band cube
+                    data = data[None]
+                order = [b.lower() for b in (layout.cube_band_order or _header_band_order(hdu.header, data.shape[0]))]
+                missing = [b for b in layout.bands if b.lower() not in order]
+                if missing:
+                    raise RejectedFile(f"cube holds bands {order}, not {missing}", "missing_band")
                 if data.ndim != 3 or data.shape[0] != len(order):
                     raise RejectedFile(
                         f"cube shape {data.shape} does not match (bands={len(order)}, H, W) "
@@ -166,7 +201,12 @@ def read_galaxy_image(path: str | Path, layout: SourceLayout) -> GalaxyImage:
 
     _check_pixel_scale(headers, layout)
     pixels = _check_pixels(pixels, layout)
-    image_id = _header_value(headers, layout.id_key) if layout.id_key else None
+    if layout.id_pattern:  # e.g. Legacy Survey cutouts: the id is in the file name only
+        from simobs.data.rgb import image_id_from_name
+
+        image_id = image_id_from_name(path, layout.id_pattern)
+    else:
+        image_id = _header_value(headers, layout.id_key) if layout.id_key else None
     galaxy_id = None
     projection = -1
     if layout.galaxy_key:

@@ -74,10 +74,11 @@ class Normalisation:
 
     method: str = "asinh"
     scale: Mapping[str, float] = field(default_factory=dict)
+    lupton: Mapping[str, Any] = field(default_factory=dict)  # lupton_rgb: channels, Q, stretch, minimum
 
     def __post_init__(self) -> None:
-        if self.method not in ("asinh", "linear", "none"):
-            raise ValueError(f"normalisation method must be asinh, linear or none, not {self.method!r}")
+        if self.method not in ("asinh", "linear", "none", "lupton_rgb"):
+            raise ValueError(f"normalisation method must be asinh, linear, lupton_rgb or none, not {self.method!r}")
 
     def scales(self, bands: Sequence[str]) -> np.ndarray:
         if self.method == "none":
@@ -88,7 +89,13 @@ class Normalisation:
         return np.asarray([float(self.scale[b]) for b in bands], dtype=np.float32)
 
     def apply(self, pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-        """Normalise (..., bands, H, W) pixels."""
+        """Normalise (..., bands, H, W) pixels (lupton_rgb: the 8-bit colour stretch, in [0, 1])."""
+        if self.method == "lupton_rgb":
+            from simobs.data.rgb import LUPTON_DEFAULTS, lupton_rgb
+
+            kw = {**LUPTON_DEFAULTS, **self.lupton}
+            flat = pixels.reshape(-1, *pixels.shape[-3:])
+            return np.stack([lupton_rgb(p, bands, **kw) for p in flat]).reshape(pixels.shape)
         if self.method == "none":
             return pixels.astype(np.float32, copy=False)
         s = self.scales(bands)[:, None, None]
@@ -96,14 +103,21 @@ class Normalisation:
         return (np.arcsinh(x) if self.method == "asinh" else x).astype(np.float32, copy=False)
 
     def invert(self, values: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-        """Back to the file's flux units."""
+        """Back to the file's flux units (not defined for the clipped, quantised lupton_rgb)."""
+        if self.method == "lupton_rgb":
+            raise ValueError("the lupton_rgb stretch is clipped and 8-bit: it cannot be inverted to fluxes")
         if self.method == "none":
             return values
         s = self.scales(bands)[:, None, None]
         return (np.sinh(values) if self.method == "asinh" else values) * s
 
     def to_json(self, bands: Sequence[str]) -> str:
-        return json.dumps({"method": self.method, "scale": {b: float(self.scale.get(b, 1.0)) for b in bands}})
+        record: dict[str, Any] = {"method": self.method, "scale": {b: float(self.scale.get(b, 1.0)) for b in bands}}
+        if self.method == "lupton_rgb":
+            from simobs.data.rgb import LUPTON_DEFAULTS
+
+            record["lupton"] = {**LUPTON_DEFAULTS, **self.lupton}
+        return json.dumps(record)
 
 
 # --------------------------------------------------------------------------- file index
@@ -158,6 +172,8 @@ def layout_from_source(source: Mapping[str, Any], image_shape: Sequence[int]) ->
         hdu=source.get("hdu", 0),
         pixel_scale=source.get("pixel_scale"),
         pixel_scale_key=source.get("pixel_scale_key", "PIXSCALE"),
+        id_pattern=source.get("id_pattern"),
+        rgb_channels=tuple(source.get("rgb_channels") or ("i", "r", "g")),
     )
 
 
@@ -242,7 +258,9 @@ def ingest_shard(
                 _reject_or_fail(on_bad_file, source, path, exc, rejected)
                 continue
             seen[img.image_id] = path
-            for lst, value in zip(block, (normalisation.apply(img.pixels, layout.bands), img.image_id,
+            # 8-bit RGB cutouts arrive stretched (lupton_rgb); everything else is normalised here
+            pixels = img.pixels if layout.layout == "rgb" else normalisation.apply(img.pixels, layout.bands)
+            for lst, value in zip(block, (pixels, img.image_id,
                                           img.galaxy_id, img.projection_id, path)):
                 lst.append(value)
             if len(block[0]) >= _WRITE_BLOCK:
@@ -275,13 +293,16 @@ def merge_shards(
     on_bad_file: str = "skip",
     max_rejected_fraction: float = 0.5,
     chunk_images: int = 64,
+    failure_manifest: str | os.PathLike[str] | None = None,
 ) -> ShardResult:
     """Concatenate shard files into the source's dataset, rejecting ids seen in an earlier shard.
 
     Raises:
         IngestError: no image survived, more than ``max_rejected_fraction`` of the files
             were rejected (usually a wrong layout or band list in the config), or a
-            cross-shard duplicate under ``on_bad_file='fail'``.
+            cross-shard duplicate under ``on_bad_file='fail'``.  The manifest is then
+            written to ``failure_manifest`` (a file that is not a job output, so it
+            survives the failed job) and summarised in the log.
     """
     rejected_parts = [pd.read_csv(m, sep="\t", dtype=str, keep_default_na=False) for m in manifests]
     rejected: list[dict] = []
@@ -305,18 +326,23 @@ def merge_shards(
     manifest = pd.concat([*rejected_parts, pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)], ignore_index=True)
     n_images = int(sum(m.sum() for m in keep_masks))
     n_rejected = len(manifest)
+    problem = None
     if n_images == 0:
-        write_manifest(manifest, manifest_out)
+        problem = f"none of its {n_files} files could be ingested"
+    elif n_files and n_rejected / n_files > max_rejected_fraction:
+        problem = (f"{n_rejected} of {n_files} files were rejected (more than ingest.max_rejected_fraction = "
+                   f"{max_rejected_fraction})")
+    if problem:
+        # Snakemake deletes a failed job's outputs, the manifest among them: the reasons go
+        # where the message says, a file that is no output (``failure_manifest``) and the log.
+        where = failure_manifest or manifest_out
+        write_manifest(manifest, where)
+        counts = ", ".join(f"{c}: {n}" for c, n in Counter(manifest["code"]).most_common())
+        log.error("rejected files of source %r by reason: %s; the first ones:\n%s", source, counts,
+                  manifest.head(20).to_string(index=False))
         raise IngestError(
-            f"source {source!r}: none of its {n_files} files could be ingested; the reasons are in "
-            f"{manifest_out}. Check the source's layout, bands and header keywords in the config."
-        )
-    if n_files and n_rejected / n_files > max_rejected_fraction:
-        write_manifest(manifest, manifest_out)
-        raise IngestError(
-            f"source {source!r}: {n_rejected} of {n_files} files were rejected (more than "
-            f"ingest.max_rejected_fraction = {max_rejected_fraction}); the reasons are in {manifest_out}. "
-            f"This usually means the source's layout, bands or keywords in the config do not match its files."
+            f"source {source!r}: {problem}; the reasons ({counts}) are in {where}. This usually means the "
+            f"source's layout, bands or header keywords in the config do not match its files."
         )
 
     bands = layout.bands
@@ -388,20 +414,36 @@ def files_fingerprint(pattern: str) -> str:
 
 def _normalisation(settings: Mapping[str, Any]) -> Normalisation:
     norm = settings.get("normalisation", {}) or {}
-    return Normalisation(method=norm.get("method", "asinh"), scale=dict(norm.get("scale", {})))
+    return Normalisation(method=norm.get("method", "asinh"), scale=dict(norm.get("scale", {})),
+                         lupton=dict(norm.get("lupton", {}) or {}))
 
 
 def ingest_source_shard(
     source: Mapping[str, Any],
     settings: Mapping[str, Any],
     *,
-    index: str | os.PathLike[str],
+    index: str | os.PathLike[str] | None,
     shard: int,
     n_shards: int,
     out: str | os.PathLike[str],
     manifest: str | os.PathLike[str],
+    prepared: str | os.PathLike[str] | None = None,
+    prepared_manifest: str | os.PathLike[str] | None = None,
 ) -> ShardResult:
-    """Ingest shard ``shard`` of ``n_shards`` of a source described by its config entry."""
+    """Ingest shard ``shard`` of ``n_shards`` of a source described by its config entry.
+
+    Sources made by a pre-ingestion stage (the frame cutouts) pass that stage's
+    ``prepared`` shard and its manifest instead of the file ``index``.
+    """
+    if prepared is not None:
+        from simobs.data.prepared import ingest_prepared_shard
+
+        return ingest_prepared_shard(
+            prepared, prepared_manifest, source=source["name"], bands=source["bands"],
+            image_shape=tuple(settings["image_size"]), normalisation=_normalisation(settings), out=out,
+            manifest=manifest, on_bad_file=settings.get("on_bad_file", "skip"),
+            chunk_images=int(settings.get("chunk_images", 64)),
+        )
     files = read_file_index(index)
     part = files[shard_slice(len(files), shard, n_shards)]
     layout = layout_from_source(source, settings["image_size"])
@@ -415,6 +457,7 @@ def ingest_source_shard(
         manifest=manifest,
         on_bad_file=settings.get("on_bad_file", "skip"),
         chunk_images=int(settings.get("chunk_images", 64)),
+        failure_manifest=failure_manifest,
     )
 
 
@@ -427,6 +470,7 @@ def merge_source_shards(
     out: str | os.PathLike[str],
     manifest_out: str | os.PathLike[str],
     config_digest: str,
+    failure_manifest: str | os.PathLike[str] | None = None,
 ) -> ShardResult:
     """Merge a source's shards into its dataset (see :func:`merge_shards`)."""
     return merge_shards(
@@ -442,4 +486,5 @@ def merge_source_shards(
         on_bad_file=settings.get("on_bad_file", "skip"),
         max_rejected_fraction=float(settings.get("max_rejected_fraction", 0.5)),
         chunk_images=int(settings.get("chunk_images", 64)),
+        failure_manifest=failure_manifest,
     )
