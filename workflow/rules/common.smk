@@ -60,6 +60,11 @@ wildcard_constraints:
 PREPARED = {n: "cutouts" for n, s in SOURCES.items() if s["layout"] == "sdss_frames"}
 
 
+def demo_source_input(w):
+    # generated (demo) sources depend on their generation job; real ones on nothing
+    return [f"data/demo/{w.source}"] if w.source in DEMO_SOURCES else []
+
+
 def ingest_shard_inputs(w):
     if w.source in PREPARED:
         base = f"results/{PREPARED[w.source]}/{w.source}/{w.shard}"

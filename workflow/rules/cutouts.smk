@@ -4,14 +4,9 @@
 # A dry run reads neither frames nor catalogue.
 
 
-def _demo_input(w):
-    # generated (demo) sources depend on their generation job; real ones on nothing
-    return [f"data/demo/{w.source}"] if w.source in DEMO_SOURCES else []
-
-
 rule frame_index:
     input:
-        _demo_input,
+        demo_source_input,
     output:
         index="results/cutouts/{source}/frames.tsv",
         run_id="results/cutouts/{source}/frames.run_id",
@@ -33,7 +28,7 @@ rule frame_index:
 
 rule cutout_plan:
     input:
-        _demo_input,
+        demo_source_input,
         index="results/cutouts/{source}/frames.tsv",
         index_run="results/cutouts/{source}/frames.run_id",
         catalogue=lambda w: [] if w.source in DEMO_SOURCES else [SOURCES[w.source]["catalogue"]["path"]],
