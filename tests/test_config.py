@@ -66,6 +66,20 @@ def test_cross_source_checks():
         check_sources(config)
 
 
+def test_a_simulation_may_take_its_galaxy_id_from_the_file_name():
+    config = copy.deepcopy(CONFIG)
+    sim = config["sources"][1]
+    sim.pop("galaxy_key")
+    sim["id_pattern"] = r"broadband_(?P<galaxy>\d+)\.fits"
+    check_sources(config)
+    sim["id_pattern"] = r"broadband_(\d+)\.fits"
+    with pytest.raises(ConfigError, match=r"sources\[1\] \(fiducial\)\.id_pattern: .* needs a named group"):
+        check_sources(config)
+    sim["id_pattern"] = r"broadband_(?P<galaxy>\d+"
+    with pytest.raises(ConfigError, match=r"id_pattern: .* is not a regular expression"):
+        check_sources(config)
+
+
 def test_canonical_config_sorts_keys_but_keeps_list_order():
     from simobs.config import canonical_config
 

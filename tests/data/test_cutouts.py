@@ -145,7 +145,7 @@ def test_manifest_lists_off_frame_and_missing_band_rows_by_id(result):
     assert by_id["1005"][0] == "off_frame" and "whole 64x64 cutout" in by_id["1005"][1]
     assert by_id["1006"][0] == "missing_band" and "no i-band frame" in by_id["1006"][1]
     assert all(f.startswith("catalogue.fits#row=") for f in manifest["file"])
-    assert stats["n_rows"] == len(GALAXIES) and attrs["n_files"] == len(GALAXIES)
+    assert stats["n_rows"] == len(GALAXIES) and attrs["n_files"] == len(GALAXIES) and attrs["bands"] == '["g", "r", "i"]'
 
 
 def test_footprint_lookup_without_run_camcol_field_gives_the_same_cutouts(survey, result, tmp_path):

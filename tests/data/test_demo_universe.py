@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 
 from simobs.data.demo_universe import MODELS, DemoSettings, render_galaxy, sample_galaxies, write_demo_source
-from simobs.data.fits_io import SourceLayout, read_galaxy_image
+from simobs.data.formats import SourceLayout, read_images
 
 
 def test_models_differ_where_documented():
@@ -63,7 +63,7 @@ def test_sources_are_written_in_both_conventions_and_read_back(tmp_path):
 
     layout = SourceLayout(layout="cube", bands=("g", "r", "i"), image_shape=(64, 64), id_key="GALID",
                           galaxy_key="GALID", projection_key="PROJ", cube_band_order=("i", "r", "g"), pixel_scale=0.396)
-    img = read_galaxy_image(tmp_path / "sim" / sim["file"][4], layout)
+    (img,) = read_images(tmp_path / "sim" / sim["file"][4], layout)
     assert img.galaxy_id == "bulgy-00001" and img.projection_id == 1
     assert img.image_id == sim["image_id"][4]
     # The g band is bluer-fainter than r for a red bulge-dominated galaxy; both have real signal.

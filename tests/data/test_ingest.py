@@ -15,7 +15,7 @@ from simobs.data.ingest import (
     shard_slice,
     write_file_index,
 )
-from tests.data.test_fits_io import MEF, planes, write_mef
+from tests.data.test_formats import MEF, planes, write_mef
 
 NORM = Normalisation("asinh", {"g": 0.5, "r": 0.5, "i": 1.0})
 

@@ -9,10 +9,17 @@ from astropy.io import fits
 from astropy.visualization import make_lupton_rgb
 from PIL import Image
 
-from simobs.data.fits_io import RejectedFile, SourceLayout, read_galaxy_image
+from simobs.data.formats import RejectedFile, SourceLayout, read_images
+from simobs.data.formats.base import check_pixels
 from simobs.data.ingest import Normalisation, ingest_shard
 
 BANDS = ("g", "r", "i")
+
+
+def read_galaxy_image(path, layout):
+    (img,) = read_images(path, layout)
+    check_pixels(img.pixels, layout.bands, layout.image_shape)
+    return img
 
 
 def _rgb_array(seed=0, shape=(64, 64)):
@@ -58,7 +65,7 @@ def test_rgb_of_the_wrong_size_or_not_an_image_is_rejected(tmp_path):
     with pytest.raises(RejectedFile, match="not a readable PNG/JPEG"):
         read_galaxy_image(junk, RGB)
     Image.fromarray(_rgb_array()).save(tmp_path / "x.png")
-    with pytest.raises(RejectedFile, match=r"file name 'x.png' does not match id_pattern"):
+    with pytest.raises(RejectedFile, match=r"file name 'x.png' does not match the source's id_pattern"):
         read_galaxy_image(tmp_path / "x.png", RGB)
 
 
@@ -102,33 +109,25 @@ def _legacy(path, data, **header):
 
 
 LEGACY = SourceLayout(layout="cube", bands=("g", "r", "z"), image_shape=(16, 16), id_key=None,
-                      id_pattern=r"legacy_(\d+)_")
+                      id_pattern=r"legacy_(?P<id>\d+)_")
 
 
-@pytest.mark.parametrize("keys", [{"BANDS": "zgr"}, {"BANDS": "z,g,r"}, {"BAND0": "z", "BAND1": "g", "BAND2": "r"}])
-def test_legacy_cube_band_order_from_its_header(tmp_path, keys):
+def test_legacy_cube_band_order_from_its_header_and_id_from_its_name(tmp_path):
     data = np.stack([np.full((16, 16), v) for v in (3.0, 1.0, 2.0)])  # z, g, r planes
     path = tmp_path / "legacy_42_cutout.fits"
-    _legacy(path, data, **keys)
+    _legacy(path, data, BANDS="zgr")
     img = read_galaxy_image(path, LEGACY)
     assert img.image_id == "42"
     np.testing.assert_array_equal(img.pixels[:, 0, 0], [1.0, 2.0, 3.0])  # g, r, z
 
 
 def test_a_two_dimensional_image_is_a_one_band_cube(tmp_path):
-    path = tmp_path / "legacy_7_r.fits"
-    _legacy(path, np.arange(256.0).reshape(16, 16), BAND="r")
-    layout = SourceLayout(layout="cube", bands=("r",), image_shape=(16, 16), id_key=None, id_pattern=r"legacy_(\d+)_")
-    img = read_galaxy_image(path, layout)
-    assert img.pixels.shape == (1, 16, 16) and img.pixels[0, 1, 0] == 16.0
-
-
-def test_legacy_cube_without_band_keywords_or_a_band_is_rejected(tmp_path):
-    path = tmp_path / "legacy_1_x.fits"
-    _legacy(path, np.zeros((3, 16, 16)))
-    with pytest.raises(RejectedFile, match=r"no band order: the header has neither BANDS nor BAND0..BAND2"):
-        read_galaxy_image(path, LEGACY)
-    path = tmp_path / "legacy_2_x.fits"
-    _legacy(path, np.zeros((3, 16, 16)), BANDS="gri")
-    with pytest.raises(RejectedFile, match=r"cube holds bands \['g', 'r', 'i'\], not \['z'\]"):
-        read_galaxy_image(path, LEGACY)
+    layout = SourceLayout(layout="cube", bands=("r",), image_shape=(16, 16), id_key=None,
+                          id_pattern=r"legacy_(?P<id>\d+)_")
+    for name, keys in (("legacy_7_r.fits", {"BAND": "r"}), ("legacy_8_r.fits", {"BANDS": "r"})):
+        _legacy(tmp_path / name, np.arange(256.0).reshape(16, 16), **keys)
+        img = read_galaxy_image(tmp_path / name, layout)
+        assert img.pixels.shape == (1, 16, 16) and img.pixels[0, 1, 0] == 16.0
+    _legacy(tmp_path / "legacy_9_g.fits", np.zeros((16, 16)), BAND="g")
+    with pytest.raises(RejectedFile, match=r"missing band\(s\) \['r'\]"):
+        read_galaxy_image(tmp_path / "legacy_9_g.fits", layout)

@@ -56,25 +56,38 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-# Sources whose images a pre-ingestion stage prepares: source -> stage (results/<stage>/).
-PREPARED = {n: "cutouts" for n, s in SOURCES.items() if s["layout"] == "sdss_frames"}
-
-
 def demo_source_input(w):
     # generated (demo) sources depend on their generation job; real ones on nothing
     return [f"data/demo/{w.source}"] if w.source in DEMO_SOURCES else []
 
 
-def ingest_shard_inputs(w):
-    if w.source in PREPARED:
-        base = f"results/{PREPARED[w.source]}/{w.source}/{w.shard}"
-        return {"prepared": f"{base}.h5", "prepared_manifest": f"{base}.rejected.tsv", "prepared_run": f"{base}.run_id"}
-    return {"index": f"results/datasets/index/{w.source}.files.txt",
-            "index_run": f"results/datasets/index/{w.source}.run_id"}
-
-
 def n_shards(name):
     return int(SOURCES[name].get("shards") or config["ingest"]["shards"])
+
+
+# Sources a pre-ingestion stage prepares (realism, cutouts): source -> template of its
+# prepared shards (docs/contracts.md, "Prepared shards").  A stage's rule file registers
+# its sources with register_prepared(); ingest_shard then reads the prepared shard (and
+# its .rejected.tsv and .run_id) instead of the raw files.  Plain sources have no entry.
+PREPARED_SHARDS = {}
+
+
+def register_prepared(stage, sources):
+    for name in sources:
+        PREPARED_SHARDS[name] = f"results/{stage}/{{source}}/{{shard}}"
+
+
+def prepared_shard(source):
+    """Path template (no suffix) of a source's prepared shards; "" for a plain source."""
+    return PREPARED_SHARDS.get(source, "")
+
+
+def ingest_shard_input(w):
+    """The file index for a plain source; the prepared shard for one a stage prepares."""
+    stem = prepared_shard(w.source).format(source=w.source, shard=w.shard)
+    if stem:
+        return {"prepared": f"{stem}.h5", "prepared_manifest": f"{stem}.rejected.tsv", "prepared_run": f"{stem}.run_id"}
+    return {"index": f"results/datasets/index/{w.source}.files.txt", "index_run": f"results/datasets/index/{w.source}.run_id"}
 
 
 def start_tracking_invocation():

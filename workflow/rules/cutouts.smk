@@ -3,6 +3,8 @@
 # by field), n shard jobs over the plan's rows; their prepared shards feed ingest_shard.
 # A dry run reads neither frames nor catalogue.
 
+register_prepared("cutouts", [n for n, s in SOURCES.items() if s["layout"] == "sdss_frames"])
+
 
 rule frame_index:
     input:

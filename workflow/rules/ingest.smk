@@ -29,8 +29,7 @@ rule index_source:
 
 rule ingest_shard:
     input:
-        # raw files through the index, or a pre-ingestion stage's prepared shard (PREPARED)
-        unpack(ingest_shard_inputs),
+        unpack(ingest_shard_input),
     output:
         shard=temp("results/datasets/shards/{source}/{shard}.h5"),
         manifest=temp("results/datasets/shards/{source}/{shard}.rejected.tsv"),

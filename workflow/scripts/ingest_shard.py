@@ -1,4 +1,4 @@
-"""Rule ingest_shard: read, validate and normalise one slice of a source's files."""
+"""Rule ingest_shard: read, validate and normalise one slice of a source's files (or its prepared shard)."""
 
 from simobs.data.ingest import ingest_source_shard
 from simobs.tracking import job_run
@@ -9,11 +9,10 @@ with job_run(snakemake, params={"source": p.source, "ingest": p.settings, "n_sha
         p.source,
         p.settings,
         index=snakemake.input.get("index"),
+        prepared=snakemake.input.get("prepared"),
         shard=int(snakemake.wildcards.shard),
         n_shards=p.n_shards,
         out=snakemake.output.shard,
         manifest=snakemake.output.manifest,
-        prepared=snakemake.input.get("prepared"),
-        prepared_manifest=snakemake.input.get("prepared_manifest"),
     )
     run.log_metrics({"n_files": result.n_files, "n_images": result.n_images, "n_rejected": len(result.rejected)})

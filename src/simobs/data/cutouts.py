@@ -20,7 +20,6 @@ Output: a prepared shard (see docs/contracts.md) that the ingestion normalises.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -28,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from simobs.data.sdss_frames import FrameError, frame_ivar, read_frame, read_frame_header
+from simobs.data.shards import ShardWriter
 from simobs.io import atomic_path
 
 __all__ = [
@@ -50,9 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INDEX_WCS_KEYS = ("NAXIS1", "NAXIS2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
-_STR = h5py.string_dtype(encoding="utf-8")
 _MARGIN = 3.0  # frame pixels the resampling kernel needs beyond the cutout's edge
-_BLOCK = 256
 
 
 class CutoutError(ValueError):
@@ -413,17 +410,16 @@ def cut_shard(
     Each frame is read once: rows come sorted by field and a frame is dropped from
     memory after its last row.  Rejected plan rows go to the manifest with their reason.
 
-    Writes ``out`` (HDF5: ``images`` (N, bands, H, W) float32 nanomaggies, ``ivar`` if
-    asked, ``ids``, ``galaxy_ids``, ``projection_ids`` (-1), ``files``
-    ("<catalogue>#row=<n>"), ``params/ra``, ``params/dec``, ``params/padded``; attrs
-    ``n_files`` (rows), ``bands``) and ``manifest`` (file, code, reason), both atomically.
+    Writes ``out``, a prepared shard (:class:`simobs.data.shards.ShardWriter`):
+    ``images`` (N, bands, H, W) float32 nanomaggies, ``ivar`` if asked, ``ids`` =
+    ``galaxy_ids`` = catalogue ids, ``projection_ids`` -1, ``files``
+    ("<catalogue>#row=<n>"), ``params/ra``, ``params/dec`` (deg), ``params/padded``
+    (1: cut with ``off_frame: pad``), attr ``n_files`` = rows; and ``manifest``
+    (file, code, reason), both atomically.
 
     Returns:
         ``{"n_rows", "n_images", "n_rejected", "n_frames_read"}``.
     """
-    from simobs.data.ingest import MANIFEST_COLUMNS, write_manifest
-
-    h, w = shape
     frame_cols = [f"frame_{b}" for b in bands]
     todo = plan[plan["code"] == ""]
     remaining: dict[str, int] = {}
@@ -432,20 +428,10 @@ def cut_shard(
             remaining[f] = remaining.get(f, 0) + 1
     cache: dict[str, tuple] = {}
     n_read = 0
-    rejected = [
-        {"file": f"{catalogue_path}#row={r.row} id={r.id}", "code": r.code, "reason": f"id {r.id}: {r.reason}"}
-        for r in plan[plan["code"] != ""].itertuples()
-    ]
-    n_images = 0
-    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
-        n_bands = len(bands)
-        dsets = {"images": h5.create_dataset("images", (0, n_bands, h, w), maxshape=(None, n_bands, h, w),
-                                             dtype="f4", chunks=(min(64, max(1, len(todo))), n_bands, h, w))}
-        if with_ivar:
-            dsets["ivar"] = h5.create_dataset("ivar", (0, n_bands, h, w), maxshape=(None, n_bands, h, w),
-                                              dtype="f4", chunks=(min(64, max(1, len(todo))), n_bands, h, w))
-        block: dict[str, list] = {k: [] for k in ("images", "ivar", "ids", "files", "ra", "dec", "padded")}
-        columns = {"ids": [], "files": [], "ra": [], "dec": [], "padded": []}
+    n_bands, (h, w) = len(bands), shape
+    with ShardWriter(out, bands=bands, image_shape=shape, manifest=manifest, with_ivar=with_ivar) as writer:
+        for r in plan[plan["code"] != ""].itertuples():
+            writer.reject(f"{catalogue_path}#row={r.row} id={r.id}", r.code, f"id {r.id}: {r.reason}")
         for r in todo.itertuples():
             cube = np.zeros((n_bands, h, w), dtype=np.float32)
             ivar_cube = np.zeros((n_bands, h, w), dtype=np.float32)
@@ -469,44 +455,15 @@ def cut_shard(
                 if iv is not None:
                     ivar_cube[b] = np.where(valid, iv, 0.0)
             if failed:
-                rejected.append({"file": f"{catalogue_path}#row={r.row} id={r.id}", "code": "off_frame",
-                                 "reason": f"id {r.id}: {failed}"})
+                writer.reject(f"{catalogue_path}#row={r.row} id={r.id}", "off_frame", f"id {r.id}: {failed}")
                 continue
-            block["images"].append(cube)
-            block["ivar"].append(ivar_cube)
-            for k, v in (("ids", r.id), ("files", f"{catalogue_path}#row={r.row}"), ("ra", r.ra), ("dec", r.dec),
-                         ("padded", bool(r.padded))):
-                columns[k].append(v)
-            if len(block["images"]) >= _BLOCK:
-                n_images = _flush(dsets, block, n_images)
-        n_images = _flush(dsets, block, n_images)
-        h5.create_dataset("ids", data=np.asarray(columns["ids"], dtype=object), dtype=_STR)
-        h5.create_dataset("galaxy_ids", data=np.asarray(columns["ids"], dtype=object), dtype=_STR)
-        h5.create_dataset("files", data=np.asarray(columns["files"], dtype=object), dtype=_STR)
-        h5.create_dataset("projection_ids", data=np.full(n_images, -1, dtype=np.int32))
-        params = h5.create_group("params")
-        params.create_dataset("ra", data=np.asarray(columns["ra"], dtype=np.float64))
-        params.create_dataset("dec", data=np.asarray(columns["dec"], dtype=np.float64))
-        params.create_dataset("padded", data=np.asarray(columns["padded"], dtype=bool))
-        h5.attrs["n_files"] = len(plan)
-        h5.attrs["bands"] = json.dumps(list(bands))
-        h5.attrs["unit"] = "nanomaggy"
-        h5.attrs["pixel_scale_arcsec"] = float(pixel_scale)
-    write_manifest(pd.DataFrame(rejected, columns=MANIFEST_COLUMNS), manifest)
-    log.info("cut %d of %d rows from %d frames (%d rejected)", n_images, len(plan), n_read, len(rejected))
-    return {"n_rows": len(plan), "n_images": n_images, "n_rejected": len(rejected), "n_frames_read": n_read}
-
-
-def _flush(dsets: dict, block: dict[str, list], n0: int) -> int:
-    if not block["images"]:
-        return n0
-    n1 = n0 + len(block["images"])
-    for name, dset in dsets.items():
-        dset.resize(n1, axis=0)
-        dset[n0:n1] = np.stack(block[name])
-    for v in block.values():
-        v.clear()
-    return n1
+            writer.add(cube, image_id=r.id, galaxy_id=r.id, projection_id=-1, file=f"{catalogue_path}#row={r.row}",
+                       params={"ra": float(r.ra), "dec": float(r.dec), "padded": float(bool(r.padded))},
+                       ivar=ivar_cube if with_ivar else None)
+        writer.n_files = len(plan)
+    n_rejected = len(writer.rejected)
+    log.info("cut %d of %d rows from %d frames (%d rejected)", writer.n_images, len(plan), n_read, n_rejected)
+    return {"n_rows": len(plan), "n_images": writer.n_images, "n_rejected": n_rejected, "n_frames_read": n_read}
 
 
 # --------------------------------------------------------------------------- config glue

@@ -31,7 +31,18 @@ import numpy as np
 import pandas as pd
 
 from simobs import __version__
-from simobs.data.fits_io import RejectedFile, SourceLayout, read_galaxy_image
+from simobs.data.formats import RejectedFile, SourceLayout, read_images
+from simobs.data.formats.base import check_pixels
+from simobs.data.shards import (
+    MANIFEST_COLUMNS,
+    STR,
+    ShardWriter,
+    iter_shard_blocks,
+    read_manifest,
+    shard_info,
+    write_manifest,
+    write_params,
+)
 from simobs.io import atomic_path
 
 __all__ = [
@@ -43,15 +54,14 @@ __all__ = [
     "read_file_index",
     "shard_slice",
     "ingest_shard",
+    "ingest_prepared_shard",
+    "prepared_manifest_path",
     "merge_shards",
     "layout_from_source",
 ]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["file", "code", "reason"]
-_STR = h5py.string_dtype(encoding="utf-8")
-_WRITE_BLOCK = 256
 
 
 class IngestError(RuntimeError):
@@ -68,16 +78,19 @@ class Normalisation:
     Attributes:
         method: ``asinh`` (x' = asinh(x / s_b), the SDSS "luptitude" stretch that keeps
             faint outskirts and bright cores in one dynamic range), ``linear``
-            (x' = x / s_b) or ``none``.
+            (x' = x / s_b), ``lupton_rgb`` (the 8-bit Lupton et al. 2004 colour stretch of
+            SkyServer JPEGs, :func:`simobs.data.formats.rgb.lupton_rgb`, values in [0, 1]) or ``none``.
         scale: softening/scale s_b per band, in the file's flux units.
+        lupton: lupton_rgb's ``channels``, ``Q``, ``stretch``, ``minimum`` (defaults
+            :data:`simobs.data.formats.rgb.LUPTON_DEFAULTS`).
     """
 
     method: str = "asinh"
     scale: Mapping[str, float] = field(default_factory=dict)
-    lupton: Mapping[str, Any] = field(default_factory=dict)  # lupton_rgb: channels, Q, stretch, minimum
+    lupton: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in ("asinh", "linear", "none", "lupton_rgb"):
+        if self.method not in ("asinh", "linear", "lupton_rgb", "none"):
             raise ValueError(f"normalisation method must be asinh, linear, lupton_rgb or none, not {self.method!r}")
 
     def scales(self, bands: Sequence[str]) -> np.ndarray:
@@ -89,9 +102,9 @@ class Normalisation:
         return np.asarray([float(self.scale[b]) for b in bands], dtype=np.float32)
 
     def apply(self, pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-        """Normalise (..., bands, H, W) pixels (lupton_rgb: the 8-bit colour stretch, in [0, 1])."""
+        """Normalise (..., bands, H, W) pixels."""
         if self.method == "lupton_rgb":
-            from simobs.data.rgb import LUPTON_DEFAULTS, lupton_rgb
+            from simobs.data.formats.rgb import LUPTON_DEFAULTS, lupton_rgb
 
             kw = {**LUPTON_DEFAULTS, **self.lupton}
             flat = pixels.reshape(-1, *pixels.shape[-3:])
@@ -103,7 +116,7 @@ class Normalisation:
         return (np.arcsinh(x) if self.method == "asinh" else x).astype(np.float32, copy=False)
 
     def invert(self, values: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-        """Back to the file's flux units (not defined for the clipped, quantised lupton_rgb)."""
+        """Back to the file's flux units (not defined for the clipped, 8-bit lupton_rgb)."""
         if self.method == "lupton_rgb":
             raise ValueError("the lupton_rgb stretch is clipped and 8-bit: it cannot be inverted to fluxes")
         if self.method == "none":
@@ -114,7 +127,7 @@ class Normalisation:
     def to_json(self, bands: Sequence[str]) -> str:
         record: dict[str, Any] = {"method": self.method, "scale": {b: float(self.scale.get(b, 1.0)) for b in bands}}
         if self.method == "lupton_rgb":
-            from simobs.data.rgb import LUPTON_DEFAULTS
+            from simobs.data.formats.rgb import LUPTON_DEFAULTS
 
             record["lupton"] = {**LUPTON_DEFAULTS, **self.lupton}
         return json.dumps(record)
@@ -160,21 +173,7 @@ def shard_slice(n_files: int, shard: int, n_shards: int) -> slice:
 
 def layout_from_source(source: Mapping[str, Any], image_shape: Sequence[int]) -> SourceLayout:
     """Build a :class:`SourceLayout` from one ``sources`` entry of the config."""
-    return SourceLayout(
-        layout=source["layout"],
-        bands=tuple(source["bands"]),
-        image_shape=(int(image_shape[0]), int(image_shape[1])),
-        id_key=source.get("id_key"),
-        galaxy_key=source.get("galaxy_key"),
-        projection_key=source.get("projection_key"),
-        band_key=source.get("band_key", "BAND"),
-        cube_band_order=tuple(source.get("cube_band_order") or ()),
-        hdu=source.get("hdu", 0),
-        pixel_scale=source.get("pixel_scale"),
-        pixel_scale_key=source.get("pixel_scale_key", "PIXSCALE"),
-        id_pattern=source.get("id_pattern"),
-        rgb_channels=tuple(source.get("rgb_channels") or ("i", "r", "g")),
-    )
+    return SourceLayout.from_source(source, image_shape)
 
 
 # --------------------------------------------------------------------------- shards
@@ -191,34 +190,15 @@ class ShardResult:
         return dict(Counter(self.rejected["code"])) if len(self.rejected) else {}
 
 
-def _reject_or_fail(policy: str, source: str, path: str, exc: RejectedFile, rejected: list[dict]) -> None:
+def _rejection(policy: str, source: str, path: str, exc: RejectedFile) -> dict[str, str]:
+    """The manifest row of a rejected file, or IngestError under the ``fail`` policy."""
     if policy == "fail":
         raise IngestError(
             f"source {source!r}: file {path} rejected: {exc}. Fix or remove the file, or set "
             f"ingest.on_bad_file: skip to list such files in the manifest and go on."
         )
     log.warning("rejected %s: %s", path, exc)
-    rejected.append({"file": path, "code": exc.code, "reason": str(exc)})
-
-
-def _create_datasets(h5: h5py.File, n_bands: int, shape: tuple[int, int], chunk: int) -> None:
-    h, w = shape
-    h5.create_dataset(
-        "images", shape=(0, n_bands, h, w), maxshape=(None, n_bands, h, w), dtype="f4",
-        chunks=(chunk, n_bands, h, w),
-    )
-    for name, dtype in (("ids", _STR), ("galaxy_ids", _STR), ("files", _STR)):
-        h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
-    h5.create_dataset("projection_ids", shape=(0,), maxshape=(None,), dtype="i4", chunks=(4096,))
-
-
-def _append(h5: h5py.File, images: list, ids: list, gids: list, projs: list, files: list) -> None:
-    n0 = h5["images"].shape[0]
-    n1 = n0 + len(images)
-    for name, values in (("images", np.stack(images)), ("ids", ids), ("galaxy_ids", gids),
-                         ("projection_ids", np.asarray(projs, dtype=np.int32)), ("files", files)):
-        h5[name].resize(n1, axis=0)
-        h5[name][n0:n1] = values
+    return {"file": path, "code": exc.code, "reason": str(exc)}
 
 
 def ingest_shard(
@@ -234,46 +214,115 @@ def ingest_shard(
 ) -> ShardResult:
     """Read, validate and normalise ``files`` into a shard HDF5 file and a manifest.
 
-    Duplicate ids inside the shard are rejected here (the later file loses); duplicates
-    across shards are caught by :func:`merge_shards`.
+    Each file is read by the reader of ``layout.layout`` (a file may hold several
+    images); each image is checked for shape and finite pixels.  Duplicate ids inside
+    the shard are rejected here (the later one loses); duplicates across shards are
+    caught by :func:`merge_shards`.
 
     Raises:
         IngestError: with ``on_bad_file='fail'``, at the first bad file (naming it).
     """
     if on_bad_file not in ("skip", "fail"):
         raise ValueError(f"on_bad_file must be 'skip' or 'fail', not {on_bad_file!r}")
-    rejected: list[dict] = []
     seen: dict[str, str] = {}
-    n_images = 0
-    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
-        _create_datasets(h5, len(layout.bands), layout.image_shape, chunk_images)
-        block: tuple[list, list, list, list, list] = ([], [], [], [], [])
+    with ShardWriter(out, bands=layout.bands, image_shape=layout.image_shape, manifest=manifest,
+                     chunk_images=chunk_images) as writer:
         for path in files:
             try:
-                img = read_galaxy_image(path, layout)
-                if img.image_id in seen:
-                    raise RejectedFile(f"duplicate id {img.image_id!r} (first seen in {seen[img.image_id]})",
-                                       "duplicate_id")
+                images = read_images(path, layout)
             except RejectedFile as exc:
-                _reject_or_fail(on_bad_file, source, path, exc, rejected)
+                writer.reject(**_rejection(on_bad_file, source, path, exc))
                 continue
-            seen[img.image_id] = path
-            # 8-bit RGB cutouts arrive stretched (lupton_rgb); everything else is normalised here
-            pixels = img.pixels if layout.layout == "rgb" else normalisation.apply(img.pixels, layout.bands)
-            for lst, value in zip(block, (pixels, img.image_id,
-                                          img.galaxy_id, img.projection_id, path)):
-                lst.append(value)
-            if len(block[0]) >= _WRITE_BLOCK:
-                _append(h5, *block)
-                n_images += len(block[0])
-                block = ([], [], [], [], [])
-        if block[0]:
-            _append(h5, *block)
-            n_images += len(block[0])
-        h5.attrs["n_files"] = len(files)
-    frame = pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)
-    write_manifest(frame, manifest)
-    return ShardResult(n_files=len(files), n_images=n_images, rejected=frame)
+            for img in images:
+                try:
+                    pixels = _validated(img.pixels, img.image_id, path, seen, layout, len(images) > 1)
+                except RejectedFile as exc:
+                    writer.reject(**_rejection(on_bad_file, source, path, exc))
+                    continue
+                # 8-bit RGB cutouts arrive colour-stretched (lupton_rgb); all else is normalised here
+                if layout.layout != "rgb":
+                    pixels = normalisation.apply(pixels, layout.bands)
+                writer.add(pixels, image_id=img.image_id, galaxy_id=img.galaxy_id,
+                           projection_id=img.projection_id, file=path)
+        writer.n_files = len(files)
+    return ShardResult(n_files=len(files), n_images=writer.n_images, rejected=writer.rejected)
+
+
+def _validated(pixels: np.ndarray, image_id: str, path: str, seen: dict[str, str], layout: SourceLayout,
+               name_image: bool) -> np.ndarray:
+    """Checked float32 pixels; records the id in ``seen``.  Raises RejectedFile."""
+    try:
+        pixels = check_pixels(pixels, layout.bands, layout.image_shape)
+        if image_id in seen:
+            raise RejectedFile(f"duplicate id {image_id!r} (first seen in {seen[image_id]})", "duplicate_id")
+    except RejectedFile as exc:
+        if name_image:
+            raise RejectedFile(f"image {image_id!r}: {exc}", exc.code) from None
+        raise
+    seen[image_id] = path
+    return pixels
+
+
+def prepared_manifest_path(prepared: str | os.PathLike[str]) -> Path:
+    """The rejected-files manifest beside a prepared shard: ``<shard>.rejected.tsv``."""
+    p = Path(prepared)
+    return p.with_name(p.name.removesuffix(".h5") + ".rejected.tsv")
+
+
+def ingest_prepared_shard(
+    prepared: str | os.PathLike[str],
+    *,
+    source: str,
+    layout: SourceLayout,
+    normalisation: Normalisation,
+    out: str | os.PathLike[str],
+    manifest: str | os.PathLike[str],
+    on_bad_file: str = "skip",
+    chunk_images: int = 64,
+) -> ShardResult:
+    """Validate and normalise a prepared shard (written by a pre-ingestion stage) into a shard.
+
+    The same checks as :func:`ingest_shard` (shape, finite pixels, duplicate ids; an
+    ``ivar`` must be finite and >= 0), the same normalisation; ``params`` and ``ivar``
+    (kept in the flux unit, not normalised) are carried through.  The stage's own
+    rejections (``<shard>.rejected.tsv``) head the shard's manifest.
+
+    Raises:
+        IngestError: the prepared shard's bands or image size differ from the config
+            (the stage ran with other settings), or under ``on_bad_file='fail'`` a
+            rejection (the stage's or this one's), naming the file.
+    """
+    info = shard_info(prepared)
+    expected = (len(layout.bands), *layout.image_shape)
+    if (info["bands"] is not None and list(info["bands"]) != list(layout.bands)) or info["image_shape"] != expected:
+        raise IngestError(
+            f"source {source!r}: prepared shard {prepared} holds bands {info['bands']} at {info['image_shape']}, "
+            f"but the config asks for bands {list(layout.bands)} at (bands, H, W) = {expected}; rerun the stage "
+            f"that wrote it (snakemake --forcerun on its rule)"
+        )
+    stage_rejected = read_manifest(prepared_manifest_path(prepared))
+    if on_bad_file == "fail" and len(stage_rejected):
+        row = stage_rejected.iloc[0]
+        _rejection(on_bad_file, source, row["file"], RejectedFile(row["reason"], row["code"]))
+    seen: dict[str, str] = {}
+    with ShardWriter(out, bands=layout.bands, image_shape=layout.image_shape, manifest=manifest,
+                     chunk_images=chunk_images, with_ivar=info["has_ivar"], rejected=stage_rejected) as writer:
+        for block in iter_shard_blocks(prepared, block=4 * chunk_images):
+            for i, image_id in enumerate(block.ids):
+                path = block.files[i]
+                try:
+                    pixels = _validated(block.images[i], image_id, path, seen, layout, True)
+                    ivar = None if block.ivar is None else block.ivar[i]
+                    if ivar is not None and not (np.isfinite(ivar).all() and (ivar >= 0).all()):
+                        raise RejectedFile(f"image {image_id!r}: ivar has NaN/inf or negative values", "bad_ivar")
+                except RejectedFile as exc:
+                    writer.reject(**_rejection(on_bad_file, source, path, exc))
+                    continue
+                writer.add(normalisation.apply(pixels, layout.bands), image_id=image_id,
+                           galaxy_id=block.galaxy_ids[i], projection_id=int(block.projection_ids[i]), file=path,
+                           params={k: v[i] for k, v in block.params.items()}, ivar=ivar)
+        writer.n_files = info["n_files"]
+    return ShardResult(n_files=info["n_files"], n_images=writer.n_images, rejected=writer.rejected)
 
 
 # --------------------------------------------------------------------------- merge
@@ -297,28 +346,31 @@ def merge_shards(
 ) -> ShardResult:
     """Concatenate shard files into the source's dataset, rejecting ids seen in an earlier shard.
 
+    Per-image ``params`` and ``ivar`` of prepared sources are carried into the dataset.
+
     Raises:
         IngestError: no image survived, more than ``max_rejected_fraction`` of the files
             were rejected (usually a wrong layout or band list in the config), or a
             cross-shard duplicate under ``on_bad_file='fail'``.  The manifest is then
-            written to ``failure_manifest`` (a file that is not a job output, so it
-            survives the failed job) and summarised in the log.
+            written to ``failure_manifest`` (a file that is no job output, so it survives
+            the failed job; default ``manifest_out``) and summarised in the log.
     """
-    rejected_parts = [pd.read_csv(m, sep="\t", dtype=str, keep_default_na=False) for m in manifests]
+    rejected_parts = [read_manifest(m) for m in manifests]
     rejected: list[dict] = []
     seen: dict[str, str] = {}
     keep_masks: list[np.ndarray] = []
     n_files = 0
-    for shard in shards:
+    infos = [shard_info(s) for s in shards]
+    for shard, info in zip(shards, infos):
+        n_files += info["n_files"]
         with h5py.File(shard, "r") as h5:
-            n_files += int(h5.attrs["n_files"])
             ids = h5["ids"].asstr()[:]
             files = h5["files"].asstr()[:]
         mask = np.ones(len(ids), dtype=bool)
         for i, (image_id, path) in enumerate(zip(ids, files)):
             if image_id in seen:
                 exc = RejectedFile(f"duplicate id {image_id!r} (first seen in {seen[image_id]})", "duplicate_id")
-                _reject_or_fail(on_bad_file, source, path, exc, rejected)
+                rejected.append(_rejection(on_bad_file, source, path, exc))
                 mask[i] = False
             else:
                 seen[image_id] = path
@@ -334,7 +386,7 @@ def merge_shards(
                    f"{max_rejected_fraction})")
     if problem:
         # Snakemake deletes a failed job's outputs, the manifest among them: the reasons go
-        # where the message says, a file that is no output (``failure_manifest``) and the log.
+        # where the message says (``failure_manifest``, no output) and into the log.
         where = failure_manifest or manifest_out
         write_manifest(manifest, where)
         counts = ", ".join(f"{c}: {n}" for c, n in Counter(manifest["code"]).most_common())
@@ -344,33 +396,40 @@ def merge_shards(
             f"source {source!r}: {problem}; the reasons ({counts}) are in {where}. This usually means the "
             f"source's layout, bands or header keywords in the config do not match its files."
         )
+    filled = [info for info, m in zip(infos, keep_masks) if m.any()]
+    with_ivar = all(info["has_ivar"] for info in filled)
+    param_names = {tuple(info["params"]) for info in filled}
+    if len(param_names) > 1:
+        raise IngestError(f"source {source!r}: shards carry different per-image parameters {sorted(param_names)}; "
+                          f"rerun the stage that prepared them")
 
     bands = layout.bands
     h, w = layout.image_shape
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as dst:
-        images = dst.create_dataset(
-            "images", shape=(n_images, len(bands), h, w), dtype="f4",
-            chunks=(min(chunk_images, n_images), len(bands), h, w),
-        )
-        ids_out: list[np.ndarray] = []
-        gids_out: list[np.ndarray] = []
-        projs_out: list[np.ndarray] = []
+        arrays = {name: dst.create_dataset(name, shape=(n_images, len(bands), h, w), dtype="f4",
+                                           chunks=(min(chunk_images, n_images), len(bands), h, w))
+                  for name in (("images", "ivar") if with_ivar else ("images",))}
+        meta: dict[str, list[np.ndarray]] = {"ids": [], "galaxy_ids": [], "projection_ids": []}
+        params: dict[str, list[np.ndarray]] = {}
         pos = 0
         for shard, mask in zip(shards, keep_masks):
-            with h5py.File(shard, "r") as src:
-                n = src["images"].shape[0]
-                step = chunk_images * 16
-                for start in range(0, n, step):
-                    sel = mask[start : start + step]
-                    block = src["images"][start : start + step][sel]
-                    images[pos : pos + len(block)] = block
-                    pos += len(block)
-                ids_out.append(src["ids"].asstr()[:][mask])
-                gids_out.append(src["galaxy_ids"].asstr()[:][mask])
-                projs_out.append(src["projection_ids"][:][mask])
-        dst.create_dataset("ids", data=np.concatenate(ids_out).astype(object), dtype=_STR)
-        dst.create_dataset("galaxy_ids", data=np.concatenate(gids_out).astype(object), dtype=_STR)
-        dst.create_dataset("projection_ids", data=np.concatenate(projs_out).astype(np.int32))
+            start = 0
+            for block in iter_shard_blocks(shard, block=chunk_images * 16):
+                sel = mask[start : start + len(block.ids)]
+                start += len(block.ids)
+                n = int(sel.sum())
+                for name, ds in arrays.items():
+                    ds[pos : pos + n] = getattr(block, name)[sel]
+                pos += n
+                for name in meta:
+                    meta[name].append(getattr(block, name)[sel])
+                for name, values in block.params.items():
+                    params.setdefault(name, []).append(values[sel])
+        for name in ("ids", "galaxy_ids"):
+            dst.create_dataset(name, data=np.concatenate(meta[name]).astype(object), dtype=STR)
+        dst.create_dataset("projection_ids", data=np.concatenate(meta["projection_ids"]).astype(np.int32))
+        if params:
+            write_params(dst.create_group("params"), {k: np.concatenate(v).tolist() for k, v in params.items()})
         dst.attrs.update(
             {
                 "source": source,
@@ -387,13 +446,6 @@ def merge_shards(
         )
     write_manifest(manifest, manifest_out)
     return ShardResult(n_files=n_files, n_images=n_images, rejected=manifest)
-
-
-def write_manifest(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:
-    """Write a rejected-files manifest (:data:`MANIFEST_COLUMNS`, tab-separated) atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False)
-
 
 
 # --------------------------------------------------------------------------- config glue
@@ -422,43 +474,31 @@ def ingest_source_shard(
     source: Mapping[str, Any],
     settings: Mapping[str, Any],
     *,
-    index: str | os.PathLike[str] | None,
     shard: int,
     n_shards: int,
     out: str | os.PathLike[str],
     manifest: str | os.PathLike[str],
+    index: str | os.PathLike[str] | None = None,
     prepared: str | os.PathLike[str] | None = None,
-    prepared_manifest: str | os.PathLike[str] | None = None,
 ) -> ShardResult:
     """Ingest shard ``shard`` of ``n_shards`` of a source described by its config entry.
 
-    Sources made by a pre-ingestion stage (the frame cutouts) pass that stage's
-    ``prepared`` shard and its manifest instead of the file ``index``.
+    A plain source reads its slice of the file ``index``; a source a pre-ingestion stage
+    prepares (realism, cutouts) reads that stage's ``prepared`` shard instead.
     """
+    layout = layout_from_source(source, settings["image_size"])
+    common = dict(source=source["name"], layout=layout, normalisation=_normalisation(settings), out=out,
+                  manifest=manifest, on_bad_file=settings.get("on_bad_file", "skip"),
+                  chunk_images=int(settings.get("chunk_images", 64)))
     if prepared is not None:
-        from simobs.data.prepared import ingest_prepared_shard
-
-        return ingest_prepared_shard(
-            prepared, prepared_manifest, source=source["name"], bands=source["bands"],
-            image_shape=tuple(settings["image_size"]), normalisation=_normalisation(settings), out=out,
-            manifest=manifest, on_bad_file=settings.get("on_bad_file", "skip"),
-            chunk_images=int(settings.get("chunk_images", 64)),
-        )
+        log.info("source %s shard %d/%d: prepared shard %s", source["name"], shard, n_shards, prepared)
+        return ingest_prepared_shard(prepared, **common)
+    if index is None:
+        raise ValueError("ingest_source_shard needs the file index or a prepared shard")
     files = read_file_index(index)
     part = files[shard_slice(len(files), shard, n_shards)]
-    layout = layout_from_source(source, settings["image_size"])
     log.info("source %s shard %d/%d: %d files", source["name"], shard, n_shards, len(part))
-    return ingest_shard(
-        part,
-        source=source["name"],
-        layout=layout,
-        normalisation=_normalisation(settings),
-        out=out,
-        manifest=manifest,
-        on_bad_file=settings.get("on_bad_file", "skip"),
-        chunk_images=int(settings.get("chunk_images", 64)),
-        failure_manifest=failure_manifest,
-    )
+    return ingest_shard(part, **common)
 
 
 def merge_source_shards(

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from simobs.data.fits_io import RejectedFile
+from simobs.data.formats import RejectedFile
 from simobs.data.ingest import MANIFEST_COLUMNS
 from simobs.separation.spectra import fourier_wavenumbers
 

@@ -1,25 +1,25 @@
-"""8-bit RGB cutouts (SkyServer PNG/JPEG) and the Lupton et al. (2004) colour stretch for FITS.
+"""``rgb``: 8-bit RGB cutouts (SkyServer PNG/JPEG), and the Lupton et al. (2004) colour stretch for FITS.
 
 Zhou et al. (2025) trained on the SDSS SkyServer's 64 x 64 JPEG cutouts: R, G, B are the
 i, r, g bands after the asinh colour stretch of Lupton et al. (2004).  To compare such
 observations with FITS simulations, the simulations must go through the same stretch:
 :func:`lupton_rgb` is ``astropy.visualization.make_lupton_rgb`` on the bands mapped to
 R, G, B, quantised to 8 bits like the JPEGs, and returned as (bands, H, W) in [0, 1]
-in the dataset's band order.  :func:`read_rgb_image` reads a PNG/JPEG into the same form.
+in the dataset's band order.  :func:`read_rgb` reads a PNG/JPEG into the same form; ids
+come from the file name (``id_pattern``, :func:`~simobs.data.formats.base.resolve_ids`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from simobs.data.fits_io import RejectedFile
+from simobs.data.formats.base import GalaxyImage, RejectedFile, SourceLayout, canonical_band, resolve_ids
 
-__all__ = ["LUPTON_DEFAULTS", "lupton_rgb", "read_rgb_image", "image_id_from_name"]
+__all__ = ["LUPTON_DEFAULTS", "lupton_rgb", "read_rgb"]
 
 # SkyServer-like defaults for images in nanomaggies: i, r, g -> R, G, B; the asinh
 # softening Q and the linear stretch (nanomaggies) put the sky near black and a
@@ -50,28 +50,14 @@ def lupton_rgb(pixels: np.ndarray, bands: Sequence[str], *, channels: Sequence[s
     return out
 
 
-def image_id_from_name(path: str | os.PathLike[str], pattern: str | None) -> str:
-    """The image id from a file name: the regex's group ``id`` (or first group), else the stem.
+def read_rgb(path: str | os.PathLike[str], layout: SourceLayout) -> list[GalaxyImage]:
+    """The one image of an 8-bit PNG/JPEG: (bands, H, W) float32 in [0, 1], R, G, B = ``layout.rgb_channels``.
 
     Raises:
-        RejectedFile: the name does not match ``pattern``.
+        RejectedFile: unreadable, not 8-bit RGB/RGBA/greyscale, of the wrong size, or a
+            name that ``id_pattern`` does not match.
     """
-    name = Path(path).name
-    if not pattern:
-        return name.split(".")[0]
-    m = re.search(pattern, name)
-    if not m:
-        raise RejectedFile(f"file name {name!r} does not match id_pattern {pattern!r}", "bad_name")
-    return m.group("id") if "id" in m.re.groupindex else (m.group(1) if m.re.groups else m.group(0))
-
-
-def read_rgb_image(path: str | os.PathLike[str], *, bands: Sequence[str], channels: Sequence[str],
-                   image_shape: tuple[int, int]) -> np.ndarray:
-    """Read an 8-bit PNG/JPEG as (bands, H, W) float32 in [0, 1] (channel R, G, B = ``channels``).
-
-    Raises:
-        RejectedFile: unreadable, not 8-bit RGB/RGBA/greyscale, or of the wrong size.
-    """
+    bands, channels, image_shape = layout.bands, layout.rgb_channels, layout.image_shape
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -87,9 +73,12 @@ def read_rgb_image(path: str | os.PathLike[str], *, bands: Sequence[str], channe
     if rgb.shape[:2] != tuple(image_shape):
         raise RejectedFile(f"image size {rgb.shape[1]}x{rgb.shape[0]} differs from ingest.image_size "
                            f"{list(image_shape)} (H, W)", "wrong_shape")
-    if sorted(channels) != sorted(bands):
+    have = [canonical_band(c) for c in channels]
+    if sorted(have) != sorted(map(canonical_band, bands)):
         raise ValueError(f"rgb_channels {list(channels)} must be the source bands {list(bands)} in R, G, B order")
     out = np.empty((len(bands), *rgb.shape[:2]), dtype=np.float32)
-    for k, c in enumerate(channels):
-        out[list(bands).index(c)] = rgb[..., k] / np.float32(255.0)
-    return out
+    for k, c in enumerate(have):
+        out[[canonical_band(b) for b in bands].index(c)] = rgb[..., k] / np.float32(255.0)
+    image_id, galaxy_id, projection = resolve_ids([], path, layout)
+    return [GalaxyImage(image_id, galaxy_id, projection, out, bands=tuple(bands), unit="lupton_rgb",
+                        pixel_scale_arcsec=layout.pixel_scale, file=str(path))]

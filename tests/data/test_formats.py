@@ -1,4 +1,5 @@
-"""Reading both FITS layouts, BSCALE/BZERO integers, and every kind of bad file."""
+"""The format readers (mef, cube) and their shared helpers: band order from headers, ids from
+file names, units from BUNIT, BSCALE/BZERO integers, and every kind of bad file."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from simobs.data.fits_io import RejectedFile, SourceLayout, read_galaxy_image
+from simobs.data.formats import PREPARED_LAYOUTS, READERS, RejectedFile, SourceLayout, read_images
+from simobs.data.formats.base import GalaxyImage, bands_from_header, canonical_band, check_pixels
 
 BANDS = ("g", "r", "i")
 MEF = SourceLayout(layout="mef", bands=BANDS, image_shape=(16, 16), id_key="OBJID", pixel_scale=0.396)
 CUBE = SourceLayout(layout="cube", bands=BANDS, image_shape=(16, 16), id_key="GALID", galaxy_key="GALID",
                     projection_key="PROJ", cube_band_order=("i", "r", "g"), pixel_scale=0.396)
+
+
+def read_galaxy_image(path: Path, layout: SourceLayout) -> GalaxyImage:
+    """Read a one-image file and check it as the ingestion does."""
+    (img,) = read_images(path, layout)
+    check_pixels(img.pixels, layout.bands, layout.image_shape)
+    return img
 
 
 def planes(seed: int = 0) -> np.ndarray:
@@ -113,3 +122,77 @@ def test_cube_with_wrong_band_count(tmp_path):
 def test_layout_rejects_incomplete_band_order():
     with pytest.raises(ValueError, match="lacks band"):
         SourceLayout(layout="cube", bands=BANDS, image_shape=(8, 8), cube_band_order=("g", "r"))
+    with pytest.raises(ValueError, match="named group"):
+        SourceLayout(layout="cube", bands=BANDS, image_shape=(8, 8), id_pattern=r"gal_(\d+)\.fits")
+
+
+def test_registry_matches_the_schema_layouts():
+    import yaml
+
+    schema = yaml.safe_load(Path("workflow/schemas/config.schema.yaml").read_text())
+    enum = schema["properties"]["sources"]["items"]["properties"]["layout"]["enum"]
+    assert sorted(enum) == sorted([*READERS, *PREPARED_LAYOUTS])
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ({f"FILTER{k}": f"sloan/sdss_{b}" for k, b in enumerate("griz")}, ["g", "r", "i", "z"]),
+        ({"BANDS": "grz", "BAND0": "g", "BAND1": "r", "BAND2": "z"}, ["g", "r", "z"]),
+        ({"BANDS": "grz"}, ["g", "r", "z"]),
+        ({"BANDS": "i,r,g"}, ["i", "r", "g"]),
+        ({"NAXIS": 3}, None),
+    ],
+)
+def test_band_order_from_header_keywords(header, expected):
+    assert bands_from_header(header, len(expected) if expected else 3) == expected
+
+
+def test_band_names_are_canonical():
+    assert [canonical_band(b) for b in ("sloan/sdss_g", "SDSS_r", "I", " z ")] == ["g", "r", "i", "z"]
+
+
+def write_filter_cube(path: Path, data: np.ndarray, filters, bunit="nanomaggy") -> Path:
+    h = fits.PrimaryHDU(data)
+    for k, f in enumerate(filters):
+        h.header[f"FILTER{k}"] = f
+    if bunit is not None:
+        h.header["BUNIT"] = bunit
+    h.writeto(path)
+    return path
+
+
+def test_cube_band_order_from_filter_keywords_and_ids_from_the_file_name(tmp_path):
+    data = planes(4)
+    layout = SourceLayout(layout="cube", bands=BANDS, image_shape=(16, 16), id_key=None,
+                          id_pattern=r"gal_(?P<galaxy>\d+)_p(?P<projection>\d+)\.fits", unit="nanomaggy")
+    path = write_filter_cube(tmp_path / "gal_0042_p3.fits", data[::-1], ["SDSS_i", "SDSS_r", "SDSS_g"])
+    img = read_galaxy_image(path, layout)
+    assert (img.image_id, img.galaxy_id, img.projection_id, img.unit) == ("0042_p3", "0042", 3, "nanomaggy")
+    np.testing.assert_array_equal(img.pixels, data)
+
+
+@pytest.mark.parametrize(
+    "filters, bunit, code, words",
+    [
+        (["SDSS_g", "SDSS_r", "SDSS_i"], "counts/s/pixel", "wrong_unit", "header keyword BUNIT"),
+        (["SDSS_g", "SDSS_r", "SDSS_z"], "nanomaggy", "missing_band", "FILTERn"),
+        ([], "nanomaggy", "missing_keyword", "FILTER0"),
+    ],
+)
+def test_cube_rejections_name_the_keyword(tmp_path, filters, bunit, code, words):
+    layout = SourceLayout(layout="cube", bands=BANDS, image_shape=(16, 16), id_key=None,
+                          id_pattern=r"gal_(?P<galaxy>\d+)\.fits", unit="nanomaggy")
+    path = write_filter_cube(tmp_path / "gal_1.fits", planes(), filters, bunit)
+    with pytest.raises(RejectedFile) as err:
+        read_images(path, layout)
+    assert err.value.code == code and words in str(err.value)
+
+
+def test_file_name_not_matching_the_pattern_is_rejected(tmp_path):
+    layout = SourceLayout(layout="cube", bands=BANDS, image_shape=(16, 16), id_key=None,
+                          id_pattern=r"gal_(?P<galaxy>\d+)\.fits")
+    path = write_filter_cube(tmp_path / "other.fits", planes(), ["g", "r", "i"])
+    with pytest.raises(RejectedFile, match="does not match the source's id_pattern") as err:
+        read_images(path, layout)
+    assert err.value.code == "bad_filename"
