@@ -1,10 +1,15 @@
-"""Benchmark: how `snakemake -n` scales with the number of raw files (issue: 600k SDSS cutouts).
+"""Benchmark: how `snakemake -n` scales with the number of galaxies (issue: 600k SDSS cutouts).
 
-Creates N empty files named like SDSS cutouts for one observed source (plus a small
-simulation source), configures ~1 shard per 10,000 files, and times a dry run of the
-whole workflow.  Reported as ratios against the smallest N, measured in the same command.
+Two routes for one observed source (plus a small simulation source), ~1 shard per
+10,000 galaxies, a dry run of the whole workflow each:
 
-    .venv/bin/python benchmarks/dry_run_scaling.py [--sizes 6000 60000 600000]
+* files: N empty files named like SDSS cutouts (layout mef);
+* catalogue: an N-row catalogue (CSV) + 300 frame files (layout sdss_frames): the dry
+  run must read neither, so it should cost what the files route costs.
+
+Reported as ratios against the smallest N of the files route, measured in the same command.
+
+    .venv/bin/python benchmarks/dry_run_scaling.py [--sizes 6000 60000 600000] [--routes files catalogue]
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,12 +34,34 @@ def make_files(folder: Path, n: int, prefix: str) -> None:
         (folder / f"{prefix}{i:07d}.fits").touch()
 
 
-def dry_run(work: Path, n_obs: int) -> float:
-    make_files(work / "raw/sdss", n_obs, "frame-")
+def make_catalogue(work: Path, n: int) -> Path:
+    """An n-row catalogue and 300 (empty) frames of 100 fields in g, r, i."""
+    folder = work / "raw/frames/756/3"
+    folder.mkdir(parents=True)
+    for field in range(100, 200):
+        for band in "gri":
+            (folder / f"frame-{band}-000756-3-{field:04d}.fits").touch()
+    path = work / "raw/catalogue.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"objid": 1237650000000000000 + np.arange(n), "ra": rng.uniform(150, 151, n),
+                  "dec": rng.uniform(2, 3, n), "run": 756, "camcol": 3,
+                  "field": rng.integers(100, 200, n)}).to_csv(path, index=False)
+    return path
+
+
+def dry_run(work: Path, n_obs: int, route: str = "files") -> float:
     make_files(work / "raw/tng", 1000, "tng-")
     base = yaml.safe_load((REPO / "config/config.yaml").read_text())
     obs, sim = dict(base["sources"][0]), dict(base["sources"][1])
-    obs.update(name="sdss", path=str(work / "raw/sdss/*.fits"), shards=max(1, n_obs // 10_000))
+    obs.update(name="sdss", shards=max(1, n_obs // 10_000))
+    if route == "files":
+        make_files(work / "raw/sdss", n_obs, "frame-")
+        obs.update(path=str(work / "raw/sdss/*.fits"), layout="mef", id_key="OBJID")
+        obs.pop("catalogue", None)
+    else:
+        catalogue = make_catalogue(work, n_obs)
+        obs.update(path=str(work / "raw/frames/**/frame-*.fits*"), layout="sdss_frames",
+                   catalogue={**obs.get("catalogue", {}), "path": str(catalogue)})
     obs.pop("demo_model")
     sim.update(name="tng", path=str(work / "raw/tng/*.fits"), shards=1)
     sim.pop("demo_model")
@@ -51,15 +80,17 @@ def dry_run(work: Path, n_obs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[6000, 60000, 600000])
+    parser.add_argument("--routes", nargs="+", choices=["files", "catalogue"], default=["files", "catalogue"])
     args = parser.parse_args()
     results = []
-    for n in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            results.append((n, dry_run(Path(tmp), n)))
-    base_n, base_t = results[0]
-    print(f"{'files':>9} {'shards':>6} {'dry run s':>10} {'ratio':>6}")
-    for n, t in results:
-        print(f"{n:>9} {max(1, n // 10000):>6} {t:>10.2f} {t / base_t:>6.2f}")
+    for route in args.routes:
+        for n in args.sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                results.append((route, n, dry_run(Path(tmp), n, route)))
+    base_t = results[0][2]
+    print(f"{'route':>9} {'galaxies':>9} {'shards':>6} {'dry run s':>10} {'ratio':>6}")
+    for route, n, t in results:
+        print(f"{route:>9} {n:>9} {max(1, n // 10000):>6} {t:>10.2f} {t / base_t:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,13 @@ def test_suite_prints_a_table_and_writes_json_with_ratios_and_the_machine(tmp_pa
     assert rows["encode, batch 64, CPU"]["value"] > 0
     assert any("GPU" in name and "skipped" in r["note"] for name, r in rows.items()) or result["machine"]["gpu"]
     assert "6 ood" in proc.stdout and "machine:" in proc.stdout  # the printed table
+
+
+def test_dry_run_benchmark_runs_both_routes_and_reports_ratios() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/dry_run_scaling.py"), "--sizes", "20"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["files"], ["catalogue"])]
+    assert [r[0] for r in rows] == ["files", "catalogue"], out
+    assert rows[0][4] == "1.00" and float(rows[1][3]) > 0, out

@@ -88,3 +88,27 @@ def test_canonical_config_sorts_keys_but_keeps_list_order():
     assert list(out) == ["a", "b"] and list(out["a"]) == ["c", "d"]
     assert list(out["a"]["d"][0]) == ["x", "y"] and out["a"]["d"][1] == 3
     assert out == a
+
+
+def test_zhou2025_rgb_example_is_a_valid_study_config():
+    """config/examples/zhou2025-rgb.yaml passes the schema and every cross-source check but the files'."""
+    import yaml
+
+    from simobs.config import explain_schema_errors
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    example = yaml.safe_load((REPO / "config/examples/zhou2025-rgb.yaml").read_text())
+    config = {**CONFIG, **example}
+    assert explain_schema_errors(config, schema) is None
+    with pytest.raises(ConfigError, match=r"sources\[0\] \(sdss_skyserver\)\.path: 'data/skyserver/\*\.jpg' matches no file"):
+        check_sources(config)
+    config["ingest"] = {**config["ingest"], "normalisation": {"method": "asinh"}}
+    with pytest.raises(ConfigError, match="8-bit RGB cutouts are already colour-stretched; set ingest.normalisation.method: lupton_rgb"):
+        check_sources(config)
+
+
+def test_sdss_frames_source_needs_a_catalogue():
+    config = copy.deepcopy(CONFIG)
+    config["sources"][0].pop("catalogue")
+    with pytest.raises(ConfigError, match=r"sources\[0\] \(sdss_demo\)\.catalogue: layout 'sdss_frames'"):
+        check_sources(config)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from simobs.data.formats import READERS, RejectedFile, SourceLayout, read_images
+from simobs.data.formats import PREPARED_LAYOUTS, READERS, RejectedFile, SourceLayout, read_images
 from simobs.data.formats.base import GalaxyImage, bands_from_header, canonical_band, check_pixels
 
 BANDS = ("g", "r", "i")
@@ -131,7 +131,7 @@ def test_registry_matches_the_schema_layouts():
 
     schema = yaml.safe_load(Path("workflow/schemas/config.schema.yaml").read_text())
     enum = schema["properties"]["sources"]["items"]["properties"]["layout"]["enum"]
-    assert sorted(enum) == sorted(READERS)
+    assert sorted(enum) == sorted([*READERS, *PREPARED_LAYOUTS])
 
 
 @pytest.mark.parametrize(

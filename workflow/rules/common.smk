@@ -58,6 +58,11 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+def demo_source_input(w):
+    # generated (demo) sources depend on their generation job; real ones on nothing
+    return [f"data/demo/{w.source}"] if w.source in DEMO_SOURCES else []
+
+
 def n_shards(name):
     return int(SOURCES[name].get("shards") or config["ingest"]["shards"])
 

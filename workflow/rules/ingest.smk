@@ -69,6 +69,9 @@ rule ingest_merge:
     params:
         source=lambda w: SOURCES[w.source],
         settings=config["ingest"],
+        # where the rejected-files manifest goes when the merge fails (Snakemake then deletes
+        # the job's outputs, the manifest among them; this file is no output)
+        failure_manifest=lambda w: f"results/logs/ingest_merge/{w.source}.rejected.tsv",
     resources:
         mem_mb=4000,
         runtime=120,

@@ -14,6 +14,7 @@ with job_run(snakemake, params={"source": p.source, "ingest": p.settings}) as ru
         out=snakemake.output.dataset,
         manifest_out=snakemake.output.manifest,
         config_digest=config_digest(snakemake.config),
+        failure_manifest=p.failure_manifest,
     )
     run.log_metrics(
         {

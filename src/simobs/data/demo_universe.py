@@ -50,6 +50,7 @@ __all__ = [
     "MODELS",
     "DemoSettings",
     "sample_galaxies",
+    "galaxy_profiles",
     "render_galaxy",
     "write_demo_source",
     "generate_from_settings",
@@ -242,21 +243,16 @@ def sample_galaxies(
 # --------------------------------------------------------------------------- rendering
 
 
-def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings(), *,
-                  idealised: bool = False) -> np.ndarray:
-    """Render one galaxy image in nanomaggies, shape (3, size, size) in g, r, i order.
+def galaxy_profiles(row: pd.Series | dict, *, psf: bool = True) -> dict[str, object]:
+    """The galaxy of one truth row as a GalSim profile per band (fluxes in nanomaggies).
 
     The bulge and disk fluxes per band follow from their templates at the galaxy's
-    redshift; the image is convolved with the band's seeing PSF and gets Gaussian sky
-    noise plus Poisson-like source noise, unless ``idealised`` (no PSF, no noise: a
-    simulation mock as radiative transfer gives it, see :mod:`simobs.data.demo_skirt`).
+    redshift; each band has its own seeing PSF, unless ``psf`` is False (the intrinsic light).
     """
     import galsim
 
     row = dict(row)
     phot = _photometry()
-    rng = np.random.default_rng(int(row["seed"]))
-    size = settings.image_size
     shear = galsim.Shear(q=float(row["axis_ratio"]), beta=float(row["position_angle"]) * galsim.degrees)
     flux_r = float(row["flux_r"])
     bt = float(row["bt_r"])
@@ -272,8 +268,8 @@ def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings()
             half_light_radius=float(row["disk_hlr"]),
             rng=galsim.BaseDeviate(int(row["seed"])),
         ).shear(shear)
-    image = np.empty((len(BANDS), size, size), dtype=np.float32)
-    for b, band in enumerate(BANDS):
+    profiles = {}
+    for band in BANDS:
         f_bulge = flux_r * bt * float(phot.band_ratio("E", band, row["redshift"]))
         disk_tpl = str(row["disk_sed"])
         f_disk = flux_r * (1 - bt) * float(phot.band_ratio(disk_tpl, band, row["redshift"]))
@@ -284,13 +280,29 @@ def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings()
             parts += [disk.withFlux(f_disk * (1 - kf)), knots.withFlux(f_knots)]
         else:
             parts.append(disk.withFlux(f_disk))
-        if idealised:
+        profiles[band] = galsim.Add(parts)
+        if psf:
+            profiles[band] = galsim.Convolve(profiles[band], galsim.Kolmogorov(fwhm=float(row[f"seeing_fwhm_{band}"])))
+    return profiles
+
+
+def render_galaxy(row: pd.Series | dict, settings: DemoSettings = DemoSettings(), *,
+                  idealised: bool = False) -> np.ndarray:
+    """Render one galaxy image in nanomaggies, shape (3, size, size) in g, r, i order.
+
+    The profiles of :func:`galaxy_profiles` get Gaussian sky noise plus Poisson-like
+    source noise, unless ``idealised`` (no PSF, no noise: a simulation mock as radiative
+    transfer gives it, see :mod:`simobs.data.demo_skirt`).
+    """
+    rng = np.random.default_rng(int(row["seed"]))
+    size = settings.image_size
+    image = np.empty((len(BANDS), size, size), dtype=np.float32)
+    if idealised:
+        for b, gal in enumerate(galaxy_profiles(row, psf=False).values()):
             # Sampled at pixel centres: without a PSF an FFT of the cuspy bulge would be huge.
-            image[b] = galsim.Add(parts).drawImage(nx=size, ny=size, scale=settings.pixel_scale,
-                                                   method="no_pixel").array
-            continue
-        psf = galsim.Kolmogorov(fwhm=float(row[f"seeing_fwhm_{band}"]))
-        gal = galsim.Convolve(galsim.Add(parts), psf)
+            image[b] = gal.drawImage(nx=size, ny=size, scale=settings.pixel_scale, method="no_pixel").array
+        return image
+    for b, (band, gal) in enumerate(galaxy_profiles(row).items()):
         img = gal.drawImage(nx=size, ny=size, scale=settings.pixel_scale).array
         sigma = SKY_SIGMA[band] * settings.noise_scale
         var = sigma**2 + np.clip(img, 0, None) / ELECTRONS_PER_NMGY

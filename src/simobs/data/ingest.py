@@ -78,16 +78,20 @@ class Normalisation:
     Attributes:
         method: ``asinh`` (x' = asinh(x / s_b), the SDSS "luptitude" stretch that keeps
             faint outskirts and bright cores in one dynamic range), ``linear``
-            (x' = x / s_b) or ``none``.
+            (x' = x / s_b), ``lupton_rgb`` (the 8-bit Lupton et al. 2004 colour stretch of
+            SkyServer JPEGs, :func:`simobs.data.formats.rgb.lupton_rgb`, values in [0, 1]) or ``none``.
         scale: softening/scale s_b per band, in the file's flux units.
+        lupton: lupton_rgb's ``channels``, ``Q``, ``stretch``, ``minimum`` (defaults
+            :data:`simobs.data.formats.rgb.LUPTON_DEFAULTS`).
     """
 
     method: str = "asinh"
     scale: Mapping[str, float] = field(default_factory=dict)
+    lupton: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in ("asinh", "linear", "none"):
-            raise ValueError(f"normalisation method must be asinh, linear or none, not {self.method!r}")
+        if self.method not in ("asinh", "linear", "lupton_rgb", "none"):
+            raise ValueError(f"normalisation method must be asinh, linear, lupton_rgb or none, not {self.method!r}")
 
     def scales(self, bands: Sequence[str]) -> np.ndarray:
         if self.method == "none":
@@ -99,6 +103,12 @@ class Normalisation:
 
     def apply(self, pixels: np.ndarray, bands: Sequence[str]) -> np.ndarray:
         """Normalise (..., bands, H, W) pixels."""
+        if self.method == "lupton_rgb":
+            from simobs.data.formats.rgb import LUPTON_DEFAULTS, lupton_rgb
+
+            kw = {**LUPTON_DEFAULTS, **self.lupton}
+            flat = pixels.reshape(-1, *pixels.shape[-3:])
+            return np.stack([lupton_rgb(p, bands, **kw) for p in flat]).reshape(pixels.shape)
         if self.method == "none":
             return pixels.astype(np.float32, copy=False)
         s = self.scales(bands)[:, None, None]
@@ -106,14 +116,21 @@ class Normalisation:
         return (np.arcsinh(x) if self.method == "asinh" else x).astype(np.float32, copy=False)
 
     def invert(self, values: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-        """Back to the file's flux units."""
+        """Back to the file's flux units (not defined for the clipped, 8-bit lupton_rgb)."""
+        if self.method == "lupton_rgb":
+            raise ValueError("the lupton_rgb stretch is clipped and 8-bit: it cannot be inverted to fluxes")
         if self.method == "none":
             return values
         s = self.scales(bands)[:, None, None]
         return (np.sinh(values) if self.method == "asinh" else values) * s
 
     def to_json(self, bands: Sequence[str]) -> str:
-        return json.dumps({"method": self.method, "scale": {b: float(self.scale.get(b, 1.0)) for b in bands}})
+        record: dict[str, Any] = {"method": self.method, "scale": {b: float(self.scale.get(b, 1.0)) for b in bands}}
+        if self.method == "lupton_rgb":
+            from simobs.data.formats.rgb import LUPTON_DEFAULTS
+
+            record["lupton"] = {**LUPTON_DEFAULTS, **self.lupton}
+        return json.dumps(record)
 
 
 # --------------------------------------------------------------------------- file index
@@ -222,8 +239,11 @@ def ingest_shard(
                 except RejectedFile as exc:
                     writer.reject(**_rejection(on_bad_file, source, path, exc))
                     continue
-                writer.add(normalisation.apply(pixels, layout.bands), image_id=img.image_id,
-                           galaxy_id=img.galaxy_id, projection_id=img.projection_id, file=path)
+                # 8-bit RGB cutouts arrive colour-stretched (lupton_rgb); all else is normalised here
+                if layout.layout != "rgb":
+                    pixels = normalisation.apply(pixels, layout.bands)
+                writer.add(pixels, image_id=img.image_id, galaxy_id=img.galaxy_id,
+                           projection_id=img.projection_id, file=path)
         writer.n_files = len(files)
     return ShardResult(n_files=len(files), n_images=writer.n_images, rejected=writer.rejected)
 
@@ -322,6 +342,7 @@ def merge_shards(
     on_bad_file: str = "skip",
     max_rejected_fraction: float = 0.5,
     chunk_images: int = 64,
+    failure_manifest: str | os.PathLike[str] | None = None,
 ) -> ShardResult:
     """Concatenate shard files into the source's dataset, rejecting ids seen in an earlier shard.
 
@@ -330,7 +351,9 @@ def merge_shards(
     Raises:
         IngestError: no image survived, more than ``max_rejected_fraction`` of the files
             were rejected (usually a wrong layout or band list in the config), or a
-            cross-shard duplicate under ``on_bad_file='fail'``.
+            cross-shard duplicate under ``on_bad_file='fail'``.  The manifest is then
+            written to ``failure_manifest`` (a file that is no job output, so it survives
+            the failed job; default ``manifest_out``) and summarised in the log.
     """
     rejected_parts = [read_manifest(m) for m in manifests]
     rejected: list[dict] = []
@@ -355,18 +378,23 @@ def merge_shards(
     manifest = pd.concat([*rejected_parts, pd.DataFrame(rejected, columns=MANIFEST_COLUMNS)], ignore_index=True)
     n_images = int(sum(m.sum() for m in keep_masks))
     n_rejected = len(manifest)
+    problem = None
     if n_images == 0:
-        write_manifest(manifest, manifest_out)
+        problem = f"none of its {n_files} files could be ingested"
+    elif n_files and n_rejected / n_files > max_rejected_fraction:
+        problem = (f"{n_rejected} of {n_files} files were rejected (more than ingest.max_rejected_fraction = "
+                   f"{max_rejected_fraction})")
+    if problem:
+        # Snakemake deletes a failed job's outputs, the manifest among them: the reasons go
+        # where the message says (``failure_manifest``, no output) and into the log.
+        where = failure_manifest or manifest_out
+        write_manifest(manifest, where)
+        counts = ", ".join(f"{c}: {n}" for c, n in Counter(manifest["code"]).most_common())
+        log.error("rejected files of source %r by reason: %s; the first ones:\n%s", source, counts,
+                  manifest.head(20).to_string(index=False))
         raise IngestError(
-            f"source {source!r}: none of its {n_files} files could be ingested; the reasons are in "
-            f"{manifest_out}. Check the source's layout, bands and header keywords in the config."
-        )
-    if n_files and n_rejected / n_files > max_rejected_fraction:
-        write_manifest(manifest, manifest_out)
-        raise IngestError(
-            f"source {source!r}: {n_rejected} of {n_files} files were rejected (more than "
-            f"ingest.max_rejected_fraction = {max_rejected_fraction}); the reasons are in {manifest_out}. "
-            f"This usually means the source's layout, bands or keywords in the config do not match its files."
+            f"source {source!r}: {problem}; the reasons ({counts}) are in {where}. This usually means the "
+            f"source's layout, bands or header keywords in the config do not match its files."
         )
     filled = [info for info, m in zip(infos, keep_masks) if m.any()]
     with_ivar = all(info["has_ivar"] for info in filled)
@@ -438,7 +466,8 @@ def files_fingerprint(pattern: str) -> str:
 
 def _normalisation(settings: Mapping[str, Any]) -> Normalisation:
     norm = settings.get("normalisation", {}) or {}
-    return Normalisation(method=norm.get("method", "asinh"), scale=dict(norm.get("scale", {})))
+    return Normalisation(method=norm.get("method", "asinh"), scale=dict(norm.get("scale", {})),
+                         lupton=dict(norm.get("lupton", {}) or {}))
 
 
 def ingest_source_shard(
@@ -481,6 +510,7 @@ def merge_source_shards(
     out: str | os.PathLike[str],
     manifest_out: str | os.PathLike[str],
     config_digest: str,
+    failure_manifest: str | os.PathLike[str] | None = None,
 ) -> ShardResult:
     """Merge a source's shards into its dataset (see :func:`merge_shards`)."""
     return merge_shards(
@@ -496,4 +526,5 @@ def merge_source_shards(
         on_bad_file=settings.get("on_bad_file", "skip"),
         max_rejected_fraction=float(settings.get("max_rejected_fraction", 0.5)),
         chunk_images=int(settings.get("chunk_images", 64)),
+        failure_manifest=failure_manifest,
     )

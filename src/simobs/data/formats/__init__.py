@@ -16,8 +16,9 @@ from simobs.data.formats.cube import read_cube
 from simobs.data.formats.mef import read_mef
 from simobs.data.formats.nihao_skirt import read_nihao_skirt
 from simobs.data.formats.skirt_tng import read_skirt_tng
+from simobs.data.formats.rgb import read_rgb
 
-__all__ = ["READERS", "GalaxyImage", "RejectedFile", "SourceLayout", "read_images", "reader_for"]
+__all__ = ["READERS", "PREPARED_LAYOUTS", "GalaxyImage", "RejectedFile", "SourceLayout", "read_images", "reader_for"]
 
 Reader = Callable[[str | Path, SourceLayout], list[GalaxyImage]]
 
@@ -26,7 +27,11 @@ READERS: dict[str, Reader] = {
     "cube": read_cube,
     "skirt_tng": read_skirt_tng,
     "nihao_skirt": read_nihao_skirt,
+    "rgb": read_rgb,
 }
+# Layouts a pre-ingestion stage turns into prepared shards (no per-file reader):
+# sdss_frames, the SDSS corrected frames + a catalogue (simobs.data.cutouts).
+PREPARED_LAYOUTS = ("sdss_frames",)
 
 
 def reader_for(layout: str) -> Reader:

@@ -67,6 +67,7 @@ class SourceLayout:
     pixel_scale: float | None = None  # arcsec/pixel expected
     pixel_scale_key: str | None = "PIXSCALE"
     pixel_scale_rtol: float = 0.01
+    rgb_channels: tuple[str, ...] = ("i", "r", "g")  # rgb: the bands shown as R, G, B
 
     def __post_init__(self) -> None:
         if self.cube_band_order:
@@ -95,6 +96,7 @@ class SourceLayout:
             unit=source.get("unit"),
             pixel_scale=source.get("pixel_scale"),
             pixel_scale_key=source.get("pixel_scale_key", "PIXSCALE"),
+            rgb_channels=tuple(source.get("rgb_channels") or ("i", "r", "g")),
         )
 
 

@@ -3,7 +3,8 @@
 The band order along the first axis comes from the header (``FILTERn``, ``BANDn`` or
 ``BANDS``, see :func:`~simobs.data.formats.base.bands_from_header`) or, where the
 header names none, from the config's ``cube_band_order``; when both exist they must
-agree.  Integer cubes with BSCALE/BZERO are scaled to physical values by astropy.
+agree.  A 2-D image is a one-band cube (its band may also be named by ``BAND`` or
+``FILTER``), as the Legacy Survey's single-band cutouts are.  Integer cubes with BSCALE/BZERO are scaled to physical values by astropy.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def cube_planes(hdul, layout: SourceLayout) -> tuple[np.ndarray, list[str], str]
         raise RejectedFile(f"HDU {layout.hdu!r} holds no data", "missing_hdu")
     data = np.asarray(hdu.data, dtype=np.float32)
     configured = [canonical_band(b) for b in layout.cube_band_order]
+    if data.ndim == 2:
+        data = data[None]
+        single = hdu.header.get("BAND", hdu.header.get("FILTER"))
+        if single is not None and bands_from_header(hdu.header, 1) is None:
+            return data, [canonical_band(single)], "from header keyword BAND/FILTER"
     if data.ndim != 3:
         raise RejectedFile(f"cube shape {data.shape} is not (bands, H, W)", "wrong_shape")
     from_header = bands_from_header(hdu.header, data.shape[0])
