@@ -38,7 +38,7 @@ def test_embeddings_of_a_simulation_follow_the_contract(trained, tmp_path: Path)
         emb = f["embedding"][...]
         assert emb.dtype == np.float32 and emb.shape == (37, 32)
         assert np.all((emb != 0).sum(axis=1) == 6)  # alpha * k active units per image
-        for name in ("recon_error", "elbo"):
+        for name in ("recon_error", "typicality_loss"):
             assert f[name].dtype == np.float32 and f[name].shape == (37,)
             assert np.all(np.isfinite(f[name][...]))
         assert np.all(f["recon_error"][...] > 0)
@@ -48,24 +48,50 @@ def test_embeddings_of_a_simulation_follow_the_contract(trained, tmp_path: Path)
         assert f["projection_ids"].dtype == np.int32
         assert f.attrs["source"] == "tng" and f.attrs["kind"] == "simulation"
         assert (f.attrs["latent_dim"], f.attrs["k"], f.attrs["alpha"]) == (32, 4, 1.5)
+        assert "elbo" not in f  # not a bound on log p(x): renamed typicality_loss
+        assert list(f["vae_split"].asstr()[...]) == ["unused"] * 37  # the VAE never saw a simulation
     # deterministic: encoding again gives the same numbers
     again = tmp_path / "again.h5"
     embed_dataset(model_path, sim, again, batch_size=7, device="cpu")
     with h5py.File(out, "r") as a, h5py.File(again, "r") as b:
         np.testing.assert_allclose(a["embedding"][...], b["embedding"][...], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(a["elbo"][...], b["elbo"][...], rtol=1e-5)
+        np.testing.assert_allclose(a["typicality_loss"][...], b["typicality_loss"][...], rtol=1e-5)
 
 
-def test_elbo_ranks_foreign_images_below_observed_ones(trained, tmp_path: Path) -> None:
+def test_typicality_loss_ranks_foreign_images_above_observed_ones(trained, tmp_path: Path) -> None:
     model_path, _ = trained
-    obs = write_image_dataset(tmp_path / "obs2.h5", 40, seed=11)
+    obs = write_image_dataset(tmp_path / "obs2.h5", 40, seed=11, source="obs2")
     noise = write_image_dataset(tmp_path / "noise.h5", 40, seed=12, source="noise", kind="simulation")
     with h5py.File(noise, "r+") as f:  # a "simulation" that looks nothing like the observations
         f["images"][...] = np.random.default_rng(0).normal(0, 1.0, f["images"].shape).astype(np.float32)
     embed_dataset(model_path, obs, tmp_path / "e_obs.h5", device="cpu")
     embed_dataset(model_path, noise, tmp_path / "e_noise.h5", device="cpu")
     with h5py.File(tmp_path / "e_obs.h5") as a, h5py.File(tmp_path / "e_noise.h5") as b:
-        assert np.median(a["elbo"][...]) > np.median(b["elbo"][...])
+        assert np.median(a["typicality_loss"][...]) < np.median(b["typicality_loss"][...])
+        assert set(a["vae_split"].asstr()[...]) == {"unused"}
+
+
+def test_vae_split_marks_the_training_and_validation_images(trained, tmp_path: Path) -> None:
+    model_path, result = trained
+    obs = Path(result.train_blocks[0].path)
+    embed_dataset(model_path, obs, tmp_path / "e_train.h5", device="cpu")
+    expected = np.full(80, "", dtype=object)
+    for part, blocks in (("train", result.train_blocks), ("validation", result.val_blocks)):
+        for block in blocks:
+            expected[block.start : block.stop] = part
+    with h5py.File(tmp_path / "e_train.h5") as f:
+        split = f["vae_split"].asstr()[...]
+    assert list(split) == list(expected)
+    assert {"train", "validation"} == set(split)
+
+
+def test_vae_split_refuses_a_source_that_changed_since_training(trained, tmp_path: Path) -> None:
+    model_path, _ = trained
+    # same source name as the training source, but 40 images instead of 80
+    changed = write_image_dataset(tmp_path / "obs.h5", 40, seed=11)
+    with pytest.raises(ValueError, match="source changed since training, retrain"):
+        embed_dataset(model_path, changed, tmp_path / "e.h5", device="cpu")
+    assert not (tmp_path / "e.h5").exists()
 
 
 def test_encoding_refuses_images_of_another_shape(trained, tmp_path: Path) -> None:

@@ -43,8 +43,10 @@ def test_tiny_study_trains_the_vae_and_encodes_every_source(tiny_study) -> None:
                 h5py.File(results / f"datasets/{source['name']}.h5") as data:
             n = data["images"].shape[0]
             assert emb["embedding"].shape == (n, latent_dim)
-            assert emb["recon_error"].shape == emb["elbo"].shape == (n,)
-            assert np.isfinite(emb["elbo"][...]).all()
+            assert emb["recon_error"].shape == emb["typicality_loss"].shape == emb["vae_split"].shape == (n,)
+            assert np.isfinite(emb["typicality_loss"][...]).all()
+            split = set(emb["vae_split"].asstr()[...])
+            assert split == ({"train", "validation"} if source["kind"] == "observation" else {"unused"}), split
             assert list(emb["ids"].asstr()[...]) == list(data["ids"].asstr()[...])
             assert emb.attrs["kind"] == source["kind"]
         assert (results / f"embeddings/{source['name']}.run_id").read_text().strip()

@@ -12,8 +12,9 @@ The loss is the negative ELBO with a Gaussian decoder of fixed width ``beta``
     -ELBO = sum_pixels (x - x_hat)^2 / (2 beta^2) + (P/2) log(2 pi beta^2) + KL_active
 
 The constant term does not change the gradients; it is kept so that the per-image
-ELBO reported by :func:`elbo_terms` is a proper lower bound on ``log p(x)`` in nats,
-comparable between sources (the "typicality" score of the misspecification stage).
+*typicality loss* reported by :func:`loss_terms` is in nats, comparable between
+sources (the "typicality" score of the misspecification stage).  It is not a bound on
+``-log p(x)``: it is evaluated at the posterior mean, and the mask depends on ``x``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ __all__ = [
     "VAEOutput",
     "top_k_mask",
     "gaussian_kl",
-    "elbo_terms",
+    "loss_terms",
 ]
 
 
@@ -135,8 +136,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, mask: Tensor | None = None) -> Tenso
     return per_unit.sum(dim=-1)
 
 
-def elbo_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, Tensor]:
-    """Per-image terms of the ELBO for a Gaussian decoder of width ``beta``.
+def loss_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, Tensor]:
+    """Per-image terms of the loss for a Gaussian decoder of width ``beta``.
 
     Args:
         x: ``(N, B, H, W)`` images.
@@ -148,8 +149,11 @@ def elbo_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, T
         Dict of ``(N,)`` float32 tensors: ``sse`` (summed squared error), ``mse``
         (mean squared error per pixel), ``recon`` (``sse / (2 beta^2)``, the
         reconstruction part of the loss in nats), ``kl``, ``loss`` (``recon + kl``,
-        what is minimised) and ``elbo`` (the full lower bound on ``log p(x)`` in
-        nats, including the Gaussian normalisation constant).
+        the negative ELBO minimised by ``objective: elbo``) and ``typicality_loss``
+        (``recon + (P/2) log(2 pi beta^2) + kl`` in nats, the Gaussian normalisation
+        constant included; lower = more typical of the training images).  At the
+        posterior mean with an ``x``-dependent mask it is a typicality score, not a
+        bound on ``-log p(x)``.
     """
     diff = (x.float() - x_hat.float()).flatten(1)
     sse = diff.square().sum(dim=1)
@@ -163,7 +167,7 @@ def elbo_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, T
         "recon": recon,
         "kl": kl,
         "loss": recon + kl,
-        "elbo": -(recon + log_norm + kl),
+        "typicality_loss": recon + log_norm + kl,
     }
 
 

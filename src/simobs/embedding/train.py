@@ -37,8 +37,9 @@ from simobs.embedding.data import (
     make_loader,
     read_source_info,
     split_blocks,
+    split_record,
 )
-from simobs.embedding.model import KSparseVAE, VAEOutput, elbo_terms, top_k_mask
+from simobs.embedding.model import KSparseVAE, VAEOutput, loss_terms, top_k_mask
 from simobs.embedding.settings import EmbeddingSettings
 from simobs.io import config_digest
 from simobs.devices import resolve_device
@@ -235,7 +236,7 @@ def evaluate(
         x = _to_device(x, device, channels_last)
         with _autocast(device, settings):
             out = model(x, k=k, sample=False)
-        terms = elbo_terms(x, out.x_hat, out.kl, beta)
+        terms = loss_terms(x, out.x_hat, out.kl, beta)
         sums += torch.stack([terms[name].sum().double() for name in ("loss", "recon", "kl", "sse")])
         xd = x.double()
         if band_sum is None:
@@ -504,7 +505,7 @@ def train_embedding(
             k_now = k_at_step(step, steps_per_epoch, settings)
             with _autocast(device, settings):
                 out = model(x, k=k_now, sample=True)
-                terms = elbo_terms(x, out.x_hat, out.kl, settings.beta)
+                terms = loss_terms(x, out.x_hat, out.kl, settings.beta)
                 loss = terms["loss"].mean()
                 aux = x.new_zeros(())
                 if any_dead and settings.aux_coef > 0 and settings.aux_k > 0:
@@ -661,6 +662,7 @@ def train_embedding(
         extra={
             "settings": settings.to_dict(),
             "train_sources": [i.source for i in infos],
+            "split": split_record(infos, train_blocks, val_blocks),
             "metrics": final,
             "fingerprint": fingerprint,
         },
