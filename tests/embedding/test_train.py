@@ -86,14 +86,20 @@ def test_resume_after_a_crash_continues_at_the_next_epoch_with_the_same_state(
     saved_optimizer = state["optimizer"]
 
     epochs: list[int] = []
+    last_states: list[dict] = []
+
+    def record(metrics, epoch):  # called after the epoch's checkpoint is written
+        epochs.append(epoch)
+        last_states.append(load_checkpoint(tmp_path / "run/checkpoints/last.pt"))
+
     with caplog.at_level(logging.INFO, logger="simobs.embedding.train"):
-        resumed = _train(tmp_path / "run", observed_dataset, settings, on_epoch=lambda m, e: epochs.append(e))
+        resumed = _train(tmp_path / "run", observed_dataset, settings, on_epoch=record)
     assert "resuming from checkpoint" in caplog.text
     assert resumed.resumed_from_epoch == 2
     assert epochs == [3, 4]
     assert [h["epoch"] for h in resumed.history] == [1.0, 2.0, 3.0, 4.0]
     # the optimiser state went on from the checkpoint: Adam's step count includes the first two epochs
-    final = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    final = last_states[-1]
     step_before = next(iter(saved_optimizer["state"].values()))["step"]
     step_after = next(iter(final["optimizer"]["state"].values()))["step"]
     assert float(step_after) == float(final["step"]) and float(step_before) == float(state["step"])
@@ -103,10 +109,30 @@ def test_resume_after_a_crash_continues_at_the_next_epoch_with_the_same_state(
     assert resumed.history[-1]["val_loss"] == reference.history[-1]["val_loss"]
 
 
+def test_a_finished_run_leaves_no_checkpoint_so_a_rerun_trains_from_epoch_one(
+    tmp_path: Path, observed_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 14: the finished checkpoint stood in for a forced retraining ("8 of at most 8
+    # epochs done (training had finished; rebuilding the model file)").
+    settings = tiny_settings(max_epochs=2)
+    _train(tmp_path, observed_dataset, settings)
+    assert (tmp_path / "model.pt").is_file()
+    assert not (tmp_path / "checkpoints/last.pt").exists()
+    epochs: list[int] = []
+    with caplog.at_level(logging.INFO, logger="simobs.embedding.train"):
+        again = _train(tmp_path, observed_dataset, settings, on_epoch=lambda m, e: epochs.append(e))
+    assert again.resumed_from_epoch is None and epochs == [1, 2]
+    assert "resuming from checkpoint" not in caplog.text
+
+
 def test_other_settings_start_over_instead_of_resuming(
     tmp_path: Path, observed_dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _train(tmp_path, observed_dataset, tiny_settings(max_epochs=2))
+    def crash(metrics, epoch):
+        raise Crash("killed after epoch 1")
+
+    with pytest.raises(Crash):  # leaves the checkpoint of epoch 1
+        _train(tmp_path, observed_dataset, tiny_settings(max_epochs=2), on_epoch=crash)
     with caplog.at_level(logging.INFO, logger="simobs.embedding.train"):
         result = _train(tmp_path, observed_dataset, tiny_settings(max_epochs=2, beta=0.2))
     assert result.resumed_from_epoch is None

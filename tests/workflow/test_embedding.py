@@ -2,7 +2,8 @@
 
 - the tiny study trains the VAE and encodes every source (contract of the outputs);
 - adding a simulation source schedules its ingestion and its `embed` job only;
-- a `train_embedding` killed mid-training resumes from its last checkpoint.
+- a `train_embedding` killed mid-training resumes from its last checkpoint;
+- a forced rerun of a finished `train_embedding` trains from the first epoch (issue 14).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def test_tiny_study_trains_the_vae_and_encodes_every_source(tiny_study) -> None:
     assert 0 < metrics["val_fve"] <= 1 and 0 <= metrics["dead_fraction"] <= 1
     for name in ("loss_curves", "reconstructions", "latent_traversals"):
         assert (results / f"embedding/{name}.png").stat().st_size > 0
-    assert (results / "embedding/checkpoints/last.pt").is_file()
+    # a finished run retires its checkpoint: it must never stand in for a training asked for
+    assert not (results / "embedding/checkpoints/last.pt").exists()
+    assert json.loads((results / "embedding/metrics.json").read_text())["resumed_from_epoch"] == 0
     for source in _sources():
         with h5py.File(results / f"embeddings/{source['name']}.h5") as emb, \
                 h5py.File(results / f"datasets/{source['name']}.h5") as data:
@@ -74,7 +77,7 @@ def test_killed_training_resumes_from_its_last_epoch(tiny_study, tmp_path: Path)
     extra.write_text(yaml.safe_dump({"embedding": {"max_epochs": 200, "patience": 200, "seed": 7},
                                      "tracking": {"enabled": False}}))
     checkpoint = study / "results/embedding/checkpoints/last.pt"
-    first_mtime = checkpoint.stat().st_mtime_ns
+    assert not checkpoint.exists()  # the finished tiny study left none
     # the target before --configfile, which takes every following word as a config file
     cmd = [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(study), "--cores", "2",
            "results/embedding/model.pt", "--configfile", str(TINY_CONFIG), str(extra)]
@@ -84,7 +87,7 @@ def test_killed_training_resumes_from_its_last_epoch(tiny_study, tmp_path: Path)
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            if checkpoint.stat().st_mtime_ns != first_mtime:
+            if checkpoint.exists():
                 break
             time.sleep(1)
         else:
@@ -118,3 +121,22 @@ def test_killed_training_resumes_from_its_last_epoch(tiny_study, tmp_path: Path)
         resumed.wait()
     text = log.read_text()
     assert "resuming from checkpoint" in text and f"{killed_at} of at most 200 epochs done" in text, text[-3000:]
+
+
+def test_forced_rerun_of_a_finished_training_trains_from_the_first_epoch(tiny_study, tmp_path: Path) -> None:
+    # Issue 14: `snakemake --forcerun train_embedding` loaded the finished checkpoint and
+    # logged "8 of at most 8 epochs done (training had finished; rebuilding the model file)".
+    study = copy_study(tiny_study.workdir, tmp_path / "study")
+    log = study / "results/logs/train_embedding.log"
+    before = log.read_text() if log.exists() else ""
+    old_model = (study / "results/embedding/model.pt").stat().st_mtime_ns
+    run = run_snakemake(study, "--forcerun", "train_embedding", "results/embedding/model.pt")
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.job_counts().get("train_embedding") == 1, run.job_counts()
+    text = log.read_text()
+    new = text[len(before):] if text.startswith(before) else text
+    assert "resuming from checkpoint" not in new, new[-3000:]
+    assert "epoch 1:" in new, new[-3000:]
+    assert json.loads((study / "results/embedding/metrics.json").read_text())["resumed_from_epoch"] == 0
+    assert (study / "results/embedding/model.pt").stat().st_mtime_ns != old_model
+    assert not (study / "results/embedding/checkpoints/last.pt").exists()

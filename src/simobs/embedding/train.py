@@ -10,7 +10,8 @@ Crash safety: after every epoch the full training state (weights, optimiser,
 scheduler, RNG, early-stopping state, dead-latent tracker, history) is written
 atomically to ``checkpoint_dir/last.pt``.  A rerun with the same settings and the same
 training data resumes after the last completed epoch (and says so in the log); a
-rerun with different settings starts over.
+rerun with different settings starts over.  The checkpoint is deleted once the model
+file is written: a finished run leaves none, so a forced rerun trains from epoch 1.
 """
 
 from __future__ import annotations
@@ -668,6 +669,9 @@ def train_embedding(
         },
         architecture_json=architecture_json,
     )
+    # The checkpoint exists to survive a crash; once the model is written it must never
+    # stand in for a training run a user asks for (snakemake --forcerun train_embedding).
+    checkpoint_path.unlink(missing_ok=True)
     log.info(
         "kept epoch %d: val FVE %.4f (%.4f at inference k=%d), dead latents %.3f; model written to %s",
         best_epoch, final["val_fve"], final["val_fve_inference"], settings.k_inference, final["dead_fraction"],
