@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from simobs.embedding.checkpoint import load_model
+from simobs.embedding.data import BlockShuffleDataset
 from simobs.embedding.encode import embed_dataset
 from simobs.embedding.figures import write_training_figures
 from simobs.embedding.train import TrainingResult, train_embedding
@@ -102,19 +103,51 @@ def test_encoding_refuses_images_of_another_shape(trained, tmp_path: Path) -> No
     assert not (tmp_path / "out.h5").exists()  # nothing half-written
 
 
-def test_latent_traversal_moves_one_latent_around_the_mean_code(trained) -> None:
-    model_path, _ = trained
+def _training_codes(model, result: TrainingResult, k: int) -> torch.Tensor:
+    """Sparse codes (posterior mean, top-k) of every training image, recomputed here."""
+    x = torch.cat([torch.as_tensor(b) for b in BlockShuffleDataset(result.train_blocks, 256, shuffle=False)])
+    with torch.no_grad():
+        return model(x, k=k, sample=False).embedding
+
+
+def test_latent_statistics_are_those_of_the_active_codes_at_alpha_k(trained) -> None:
+    # Issue 18: with alpha > 1 the statistics were computed at k, not alpha * k, and the
+    # spread was that of the masked code over all images (mostly zeros).
+    model_path, result = trained
+    model, info = load_model(model_path)
+    k_inference = 6  # round(alpha=1.5 * k=4)
+    codes = _training_codes(model, result, k_inference).double()
+    active = codes != 0
+    assert float(model.latent_usage.sum()) == pytest.approx(k_inference, rel=1e-5)
+    np.testing.assert_allclose(model.latent_usage.numpy(), active.float().mean(0).numpy(), atol=1e-6)
+    count = active.sum(0).clamp_min(1)
+    mean = codes.sum(0) / count
+    std = ((codes.square().sum(0) / count) - mean.square()).clamp_min(0).sqrt()
+    np.testing.assert_allclose(model.latent_mean.numpy(), mean.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.latent_std.numpy(), std.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_latent_traversal_starts_from_a_typical_sparse_code_and_stays_in_the_active_spread(trained) -> None:
+    model_path, result = trained
     model, _ = load_model(model_path)
     top = most_used_latents(model, 3)
     usage = model.latent_usage
     assert usage[top[0]] >= usage[top[1]] >= usage[top[2]] and usage[top[0]] == usage.max()
     images, offsets = decode_latent_traversal(model, top, n_steps=5, n_sigma=3.0)
     assert images.shape == (3, 5, 3, 16, 16) and offsets.shape == (3, 5)
-    sigma = model.latent_std[top[0]].item()
-    np.testing.assert_allclose(offsets[0], np.linspace(-3, 3, 5) * sigma, rtol=1e-5)
-    with torch.no_grad():
-        centre = model.decode(model.latent_mean[None]).numpy()[0]
-    np.testing.assert_allclose(images[0, 2], centre, rtol=1e-4, atol=1e-5)  # middle step = mean code
+    training_codes = _training_codes(model, result, 6)
+    for row, latent in enumerate(top):
+        base = model.traversal_codes[latent]
+        # the start is the sparse code of an actual training image in which the latent is active
+        assert int((base != 0).sum()) == 6 and base[latent] != 0
+        assert torch.isclose(training_codes, base[None], rtol=1e-4, atol=1e-6).all(dim=1).any()
+        values = model.latent_mean[latent] + torch.linspace(-3, 3, 5) * model.latent_std[latent]
+        np.testing.assert_allclose(offsets[row], (values - base[latent]).numpy(), rtol=1e-4, atol=1e-6)
+        code = base.clone()
+        code[latent] = model.latent_mean[latent]
+        with torch.no_grad():
+            centre = model.decode(code[None]).numpy()[0]
+        np.testing.assert_allclose(images[row, 2], centre, rtol=1e-4, atol=1e-5)  # middle step = active mean
     assert not np.allclose(images[0, 0], images[0, -1])  # moving the latent changes the image
     with pytest.raises(IndexError, match="99"):
         decode_latent_traversal(model, [99])

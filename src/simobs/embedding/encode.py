@@ -114,6 +114,7 @@ def encode_images(
     k: int,
     beta: float,
     device: torch.device | str = "cpu",
+    objective: str = "elbo",
 ) -> dict[str, np.ndarray]:
     """Embedding, reconstruction error and typicality loss of a batch of images.
 
@@ -125,6 +126,8 @@ def encode_images(
         k: Active units per image (``round(alpha * k_train)`` at inference).
         beta: Decoder width the model was trained with.
         device: Where to run.
+        objective: The model's training objective; ``infovae`` has no posterior
+            width, so its typicality loss has no KL term.
 
     Returns:
         ``embedding`` ``(N, D)``, ``recon_error`` ``(N,)`` (MSE per pixel) and
@@ -139,7 +142,8 @@ def encode_images(
     )
     with autocast:
         out = model(x, k=k, sample=False)
-    terms = loss_terms(x, out.x_hat, out.kl, beta)
+    kl = torch.zeros_like(out.kl) if objective == "infovae" else out.kl
+    terms = loss_terms(x, out.x_hat, kl, beta)
     return {
         "embedding": out.embedding.float().cpu().numpy(),
         "recon_error": terms["mse"].cpu().numpy().astype(np.float32),
@@ -184,6 +188,7 @@ def embed_dataset(
         raise ValueError(f"embedding.alpha={alpha} must be >= 1")
     k = min(arch.latent_dim, int(round(alpha * arch.k)))
     beta = float(info["beta"])
+    objective = str(((info.get("extra") or {}).get("settings") or {}).get("objective", "elbo"))
     source = read_source_info(dataset_path)
     expected = (arch.bands, arch.image_size, arch.image_size)
     if source.image_shape != expected:
@@ -204,7 +209,7 @@ def embed_dataset(
         recon = out.create_dataset("recon_error", shape=(n,), dtype="float32")
         typicality = out.create_dataset("typicality_loss", shape=(n,), dtype="float32")
         for start, images in iter_blocks_in_order(dataset_path, batch_size):
-            result = encode_images(model, images, k, beta, dev)
+            result = encode_images(model, images, k, beta, dev, objective)
             stop = start + len(images)
             emb[start:stop] = result["embedding"]
             recon[start:stop] = result["recon_error"]
@@ -226,6 +231,7 @@ def embed_dataset(
             alpha=alpha,
             k_active=k,
             beta=beta,
+            objective=objective,
             model=str(model_path),
         )
         recon_all = recon[...] if n else np.zeros(0, np.float32)

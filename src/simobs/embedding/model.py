@@ -34,6 +34,7 @@ __all__ = [
     "top_k_mask",
     "gaussian_kl",
     "loss_terms",
+    "rbf_mmd",
 ]
 
 
@@ -171,6 +172,30 @@ def loss_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, T
     }
 
 
+def rbf_mmd(z: Tensor, prior: Tensor) -> Tensor:
+    """Squared maximum mean discrepancy between two samples, RBF kernel (InfoVAE).
+
+    The kernel is ``exp(-||a - b||^2 / D^2)`` (``D`` = code dimension), the scale of
+    Zhou et al.'s InfoVAE code, and the estimator the plain (biased) V-statistic
+    ``mean K(z, z) + mean K(p, p) - 2 mean K(z, p)`` over all pairs, as there.
+
+    Args:
+        z: ``(N, D)`` codes of a batch (samples of the aggregate posterior).
+        prior: ``(M, D)`` draws from the prior ``N(0, I)``.
+
+    Returns:
+        Scalar, >= 0 up to rounding.
+    """
+    d = z.shape[-1]
+
+    def kernel(a: Tensor, b: Tensor) -> Tensor:
+        return torch.exp(-torch.cdist(a, b).square() / d**2)
+
+    z = z.float()
+    prior = prior.float()
+    return kernel(z, z).mean() + kernel(prior, prior).mean() - 2.0 * kernel(z, prior).mean()
+
+
 @dataclass
 class VAEOutput:
     """What one forward pass returns (all batch-first).
@@ -226,10 +251,14 @@ def _groups(channels: int) -> int:
 class KSparseVAE(nn.Module):
     """Convolutional Gaussian VAE with a top-k sparse latent.
 
-    Buffers ``latent_mean``, ``latent_std`` (``(D,)``, the mean and spread of the
-    masked posterior means over the training images) and ``latent_usage`` (``(D,)``,
-    fraction of training images in which each unit is active) are filled at the end
-    of training and travel with the weights; :func:`decode_latent_traversal` uses them.
+    Buffers filled at the end of training (at the inference ``k``) travel with the
+    weights; :func:`~simobs.embedding.traversal.decode_latent_traversal` uses them:
+    ``latent_mean``, ``latent_std`` (``(D,)``, mean and spread of each unit's posterior
+    mean over the training images in which it is *active*; 0 for a unit never active),
+    ``latent_usage`` (``(D,)``, fraction of training images in which it is active) and
+    ``traversal_codes`` (``(D, D)``, row ``i``: the sparse code of the most typical
+    training image in which unit ``i`` is active, "most typical" = typicality loss
+    closest to the median; zeros for a unit never active).
     """
 
     def __init__(self, arch: VAEArchitecture) -> None:
@@ -271,6 +300,7 @@ class KSparseVAE(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(arch.latent_dim))
         self.register_buffer("latent_std", torch.ones(arch.latent_dim))
         self.register_buffer("latent_usage", torch.zeros(arch.latent_dim))
+        self.register_buffer("traversal_codes", torch.zeros(arch.latent_dim, arch.latent_dim))
 
     @property
     def latent_dim(self) -> int:
