@@ -140,3 +140,17 @@ def test_forced_rerun_of_a_finished_training_trains_from_the_first_epoch(tiny_st
     assert json.loads((study / "results/embedding/metrics.json").read_text())["resumed_from_epoch"] == 0
     assert (study / "results/embedding/model.pt").stat().st_mtime_ns != old_model
     assert not (study / "results/embedding/checkpoints/last.pt").exists()
+
+
+def test_alpha_reaches_the_training_so_traversal_statistics_are_at_alpha_k(tiny_study, tmp_path: Path) -> None:
+    # Issue 18: alpha was an inference-only key, so the model's latent statistics (used
+    # by the traversals) were computed at k even when every embedding used alpha * k.
+    payload = torch.load(tiny_study.workdir / "results/embedding/model.pt", weights_only=True)
+    k_inference = round(payload["alpha"] * payload["architecture"]["k"])
+    assert float(payload["state_dict"]["latent_usage"].sum()) == pytest.approx(k_inference, rel=1e-4)
+    study = copy_study(tiny_study.workdir, tmp_path / "study")
+    extra = tmp_path / "alpha.yaml"
+    extra.write_text(yaml.safe_dump({"embedding": {"alpha": 1.5}}))
+    dry = run_snakemake(study, "-n", "results/embedding/model.pt", configfiles=(TINY_CONFIG, extra))
+    assert dry.returncode == 0, dry.output[-3000:]
+    assert dry.job_counts().get("train_embedding") == 1, dry.job_counts()

@@ -67,7 +67,7 @@ def plot_loss_curves(history: Sequence[Mapping[str, float]]) -> Figure:
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), constrained_layout=True)
     panels = [
-        ("−ELBO per image [nats]", [("loss", "train"), ("val_loss", "validation")], True),
+        ("loss per image [nats] (−ELBO; infovae: MSE + MMD)", [("loss", "train"), ("val_loss", "validation")], True),
         ("reconstruction term [nats]", [("recon", "train"), ("val_recon", "validation")], True),
         ("KL of active units [nats]", [("kl", "train"), ("val_kl", "validation")], False),
         ("validation FVE", [("val_fve", "fraction of variance explained")], False),
