@@ -553,7 +553,7 @@ def train_embedding(
     state = load_checkpoint(checkpoint_path)
     if state is not None and state.get("fingerprint") != fingerprint:
         log.warning(
-            "checkpoint %s was written for other settings or data (fingerprint %s, now %s); "
+            "checkpoint %s was written for other settings, data or loader workers (fingerprint %s, now %s); "
             "starting training from scratch", checkpoint_path, state.get("fingerprint"), fingerprint,
         )
         state = None
