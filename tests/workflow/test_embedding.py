@@ -130,7 +130,8 @@ def test_forced_rerun_of_a_finished_training_trains_from_the_first_epoch(tiny_st
     log = study / "results/logs/train_embedding.log"
     before = log.read_text() if log.exists() else ""
     old_model = (study / "results/embedding/model.pt").stat().st_mtime_ns
-    run = run_snakemake(study, "--forcerun", "train_embedding", "results/embedding/model.pt")
+    # the target first: --forcerun takes every following word as a rule name
+    run = run_snakemake(study, "results/embedding/model.pt", "--forcerun", "train_embedding")
     assert run.returncode == 0, run.output[-3000:]
     assert run.job_counts().get("train_embedding") == 1, run.job_counts()
     text = log.read_text()
