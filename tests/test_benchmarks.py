@@ -52,3 +52,21 @@ def test_dry_run_benchmark_runs_both_routes_and_reports_ratios() -> None:
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["files"], ["catalogue"])]
     assert [r[0] for r in rows] == ["files", "catalogue"], out
     assert rows[0][4] == "1.00" and float(rows[1][3]) > 0, out
+
+
+def test_embedding_objectives_benchmark_runs_and_reports_the_dead_fraction_curve(tmp_path: Path) -> None:
+    import json
+
+    from tests.embedding.conftest import write_image_dataset
+
+    data = write_image_dataset(tmp_path / "obs.h5", 64)
+    tiny = ["latent_dim=32", "k=4", "k_start=16", "k_anneal_epochs=1", "width=8", "depth=2", "max_width=16",
+            "batch_size=16", "max_epochs=2", "block_rows=8", "aux_k=8", "val_fraction=0.2"]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/embedding_objectives.py"), "--dataset", str(data),
+         "--label", "toy", *[a for s in tiny + ["objective=infovae"] for a in ("--set", s)]],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["label"] == "toy" and len(result["dead_fraction_per_epoch"]) == 2, result
+    assert 0 <= result["dead_fraction"] <= 1 and result["val_fve"] < 1, result

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from simobs.embedding.model import KSparseVAE, VAEArchitecture, elbo_terms, gaussian_kl, top_k_mask
+from simobs.embedding.model import KSparseVAE, VAEArchitecture, loss_terms, gaussian_kl, top_k_mask
 
 
 def test_top_k_mask_keeps_exactly_k_largest_per_row() -> None:
@@ -38,7 +38,7 @@ def test_gradients_reach_only_the_active_units() -> None:
     out = model(x, sample=True)
     out.mu.retain_grad()
     out.logvar.retain_grad()
-    loss = elbo_terms(x, out.x_hat, out.kl, beta=0.1)["loss"].sum()
+    loss = loss_terms(x, out.x_hat, out.kl, beta=0.1)["loss"].sum()
     loss.backward()
     active = out.mask.bool()
     assert torch.all(active.sum(dim=1) == 5)
@@ -61,15 +61,15 @@ def test_kl_matches_closed_form_of_diagonal_gaussian() -> None:
     assert gaussian_kl(torch.ones(1, 3), torch.zeros(1, 3)).item() == pytest.approx(1.5)
 
 
-def test_elbo_is_the_gaussian_log_likelihood_minus_kl() -> None:
+def test_typicality_loss_is_minus_the_gaussian_log_likelihood_plus_kl() -> None:
     torch.manual_seed(3)
     x = torch.randn(4, 3, 8, 8)
     x_hat = x + 0.1 * torch.randn_like(x)
     kl = torch.rand(4) * 10
     beta = 0.2
-    terms = elbo_terms(x, x_hat, kl, beta)
+    terms = loss_terms(x, x_hat, kl, beta)
     log_lik = Normal(x_hat, beta).log_prob(x).flatten(1).sum(dim=1)
-    torch.testing.assert_close(terms["elbo"], log_lik - kl, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(terms["typicality_loss"], kl - log_lik, rtol=1e-5, atol=1e-3)
     sse = (x - x_hat).square().flatten(1).sum(dim=1)
     torch.testing.assert_close(terms["loss"], sse / (2 * beta**2) + kl)
     torch.testing.assert_close(terms["mse"], sse / x[0].numel())

@@ -6,8 +6,9 @@
 
 EMBEDDING = config["embedding"]
 # Inference-only keys stay out of train_embedding's params: changing them must re-encode,
-# not retrain (Snakemake reruns a job whose params change).
-EMBEDDING_INFERENCE_KEYS = ("alpha", "embed_batch_size", "train_sources")
+# not retrain (Snakemake reruns a job whose params change).  `alpha` is not one of them:
+# the latent statistics stored with the model for traversals are those at alpha * k.
+EMBEDDING_INFERENCE_KEYS = ("embed_batch_size", "train_sources")
 
 
 # The observation sources the VAE is trained on (default: all of them).

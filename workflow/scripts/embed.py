@@ -1,4 +1,4 @@
-"""Rule embed: embeddings, reconstruction error and ELBO of one source."""
+"""Rule embed: embeddings, reconstruction error, typicality loss and VAE split of one source."""
 
 import torch
 

@@ -10,7 +10,7 @@ Modules: :mod:`~simobs.embedding.model` (the network, top-k mask, ELBO),
 
 from simobs.embedding.checkpoint import load_model, save_model
 from simobs.embedding.encode import embed_dataset, encode_images
-from simobs.embedding.model import KSparseVAE, VAEArchitecture, elbo_terms, gaussian_kl, top_k_mask
+from simobs.embedding.model import KSparseVAE, VAEArchitecture, loss_terms, gaussian_kl, top_k_mask
 from simobs.embedding.settings import EmbeddingSettings
 from simobs.embedding.train import TrainingResult, train_embedding
 from simobs.embedding.traversal import decode_latent_traversal, most_used_latents
@@ -21,7 +21,7 @@ __all__ = [
     "TrainingResult",
     "VAEArchitecture",
     "decode_latent_traversal",
-    "elbo_terms",
+    "loss_terms",
     "embed_dataset",
     "encode_images",
     "gaussian_kl",

@@ -30,7 +30,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Version tag of the model file layout; bump it when the layout changes.
-MODEL_FORMAT = "simobs.ksparse_vae/1"
+MODEL_FORMAT = "simobs.ksparse_vae/2"  # 2: traversal codes, active-unit statistics, split
 CHECKPOINT_FORMAT = "simobs.ksparse_vae.checkpoint/1"
 
 

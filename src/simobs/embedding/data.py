@@ -34,6 +34,7 @@ __all__ = [
     "SourceInfo",
     "read_source_info",
     "split_blocks",
+    "split_record",
     "BlockShuffleDataset",
     "make_loader",
     "iter_blocks_in_order",
@@ -176,6 +177,27 @@ def split_blocks(
         for i, block in enumerate(blocks):
             (val if i in chosen else train).append(block)
     return train, val
+
+
+def split_record(
+    infos: Sequence[SourceInfo], train: Sequence[Block], val: Sequence[Block]
+) -> dict[str, dict[str, list[list[int]]]]:
+    """The train/validation split as JSON-able image ranges per source name.
+
+    Stored with the model so that ``embed`` can say which images the VAE trained on
+    (dataset ``vae_split``, docs/contracts.md).
+
+    Returns:
+        ``{source: {"train": [[start, stop], ...], "validation": [...]}}``.
+    """
+    by_path = {info.path: info.source for info in infos}
+    record: dict[str, dict[str, list[list[int]]]] = {
+        info.source: {"train": [], "validation": []} for info in infos
+    }
+    for part, blocks in (("train", train), ("validation", val)):
+        for block in blocks:
+            record[by_path[block.path]][part].append([block.start, block.stop])
+    return record
 
 
 class _FileCache:

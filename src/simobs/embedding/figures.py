@@ -67,7 +67,7 @@ def plot_loss_curves(history: Sequence[Mapping[str, float]]) -> Figure:
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), constrained_layout=True)
     panels = [
-        ("−ELBO per image [nats]", [("loss", "train"), ("val_loss", "validation")], True),
+        ("loss per image [nats] (−ELBO; infovae: MSE + MMD)", [("loss", "train"), ("val_loss", "validation")], True),
         ("reconstruction term [nats]", [("recon", "train"), ("val_recon", "validation")], True),
         ("KL of active units [nats]", [("kl", "train"), ("val_kl", "validation")], False),
         ("validation FVE", [("val_fve", "fraction of variance explained")], False),
@@ -128,7 +128,7 @@ def plot_reconstructions(model: KSparseVAE, images: np.ndarray, k: int) -> Figur
 def plot_latent_traversals(
     model: KSparseVAE, latent_indices: Sequence[int], *, n_steps: int = 7, n_sigma: float = 3.0
 ) -> Figure:
-    """One row per latent: the mean code decoded with that latent moved by ``±n_sigma``."""
+    """One row per latent: a typical sparse code with that latent moved by ``±n_sigma`` of its active spread."""
     images, offsets = decode_latent_traversal(model, latent_indices, n_steps=n_steps, n_sigma=n_sigma)
     rows = max(len(latent_indices), 1)
     fig, axes = plt.subplots(

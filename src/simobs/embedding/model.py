@@ -12,8 +12,9 @@ The loss is the negative ELBO with a Gaussian decoder of fixed width ``beta``
     -ELBO = sum_pixels (x - x_hat)^2 / (2 beta^2) + (P/2) log(2 pi beta^2) + KL_active
 
 The constant term does not change the gradients; it is kept so that the per-image
-ELBO reported by :func:`elbo_terms` is a proper lower bound on ``log p(x)`` in nats,
-comparable between sources (the "typicality" score of the misspecification stage).
+*typicality loss* reported by :func:`loss_terms` is in nats, comparable between
+sources (the "typicality" score of the misspecification stage).  It is not a bound on
+``-log p(x)``: it is evaluated at the posterior mean, and the mask depends on ``x``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ __all__ = [
     "VAEOutput",
     "top_k_mask",
     "gaussian_kl",
-    "elbo_terms",
+    "loss_terms",
+    "rbf_mmd",
 ]
 
 
@@ -135,8 +137,8 @@ def gaussian_kl(mu: Tensor, logvar: Tensor, mask: Tensor | None = None) -> Tenso
     return per_unit.sum(dim=-1)
 
 
-def elbo_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, Tensor]:
-    """Per-image terms of the ELBO for a Gaussian decoder of width ``beta``.
+def loss_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, Tensor]:
+    """Per-image terms of the loss for a Gaussian decoder of width ``beta``.
 
     Args:
         x: ``(N, B, H, W)`` images.
@@ -148,8 +150,11 @@ def elbo_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, T
         Dict of ``(N,)`` float32 tensors: ``sse`` (summed squared error), ``mse``
         (mean squared error per pixel), ``recon`` (``sse / (2 beta^2)``, the
         reconstruction part of the loss in nats), ``kl``, ``loss`` (``recon + kl``,
-        what is minimised) and ``elbo`` (the full lower bound on ``log p(x)`` in
-        nats, including the Gaussian normalisation constant).
+        the negative ELBO minimised by ``objective: elbo``) and ``typicality_loss``
+        (``recon + (P/2) log(2 pi beta^2) + kl`` in nats, the Gaussian normalisation
+        constant included; lower = more typical of the training images).  At the
+        posterior mean with an ``x``-dependent mask it is a typicality score, not a
+        bound on ``-log p(x)``.
     """
     diff = (x.float() - x_hat.float()).flatten(1)
     sse = diff.square().sum(dim=1)
@@ -163,8 +168,32 @@ def elbo_terms(x: Tensor, x_hat: Tensor, kl: Tensor, beta: float) -> dict[str, T
         "recon": recon,
         "kl": kl,
         "loss": recon + kl,
-        "elbo": -(recon + log_norm + kl),
+        "typicality_loss": recon + log_norm + kl,
     }
+
+
+def rbf_mmd(z: Tensor, prior: Tensor) -> Tensor:
+    """Squared maximum mean discrepancy between two samples, RBF kernel (InfoVAE).
+
+    The kernel is ``exp(-||a - b||^2 / D^2)`` (``D`` = code dimension), the scale of
+    Zhou et al.'s InfoVAE code, and the estimator the plain (biased) V-statistic
+    ``mean K(z, z) + mean K(p, p) - 2 mean K(z, p)`` over all pairs, as there.
+
+    Args:
+        z: ``(N, D)`` codes of a batch (samples of the aggregate posterior).
+        prior: ``(M, D)`` draws from the prior ``N(0, I)``.
+
+    Returns:
+        Scalar, >= 0 up to rounding.
+    """
+    d = z.shape[-1]
+
+    def kernel(a: Tensor, b: Tensor) -> Tensor:
+        return torch.exp(-torch.cdist(a, b).square() / d**2)
+
+    z = z.float()
+    prior = prior.float()
+    return kernel(z, z).mean() + kernel(prior, prior).mean() - 2.0 * kernel(z, prior).mean()
 
 
 @dataclass
@@ -222,10 +251,14 @@ def _groups(channels: int) -> int:
 class KSparseVAE(nn.Module):
     """Convolutional Gaussian VAE with a top-k sparse latent.
 
-    Buffers ``latent_mean``, ``latent_std`` (``(D,)``, the mean and spread of the
-    masked posterior means over the training images) and ``latent_usage`` (``(D,)``,
-    fraction of training images in which each unit is active) are filled at the end
-    of training and travel with the weights; :func:`decode_latent_traversal` uses them.
+    Buffers filled at the end of training (at the inference ``k``) travel with the
+    weights; :func:`~simobs.embedding.traversal.decode_latent_traversal` uses them:
+    ``latent_mean``, ``latent_std`` (``(D,)``, mean and spread of each unit's posterior
+    mean over the training images in which it is *active*; 0 for a unit never active),
+    ``latent_usage`` (``(D,)``, fraction of training images in which it is active) and
+    ``traversal_codes`` (``(D, D)``, row ``i``: the sparse code of the most typical
+    training image in which unit ``i`` is active, "most typical" = typicality loss
+    closest to the median; zeros for a unit never active).
     """
 
     def __init__(self, arch: VAEArchitecture) -> None:
@@ -267,6 +300,7 @@ class KSparseVAE(nn.Module):
         self.register_buffer("latent_mean", torch.zeros(arch.latent_dim))
         self.register_buffer("latent_std", torch.ones(arch.latent_dim))
         self.register_buffer("latent_usage", torch.zeros(arch.latent_dim))
+        self.register_buffer("traversal_codes", torch.zeros(arch.latent_dim, arch.latent_dim))
 
     @property
     def latent_dim(self) -> int:

@@ -16,12 +16,20 @@ one latent at a time) less interpretable and costs KL.  k = 32 (1/16 of the late
 is the usual middle ground of k-sparse autoencoders (Makhzani & Frey 2013 use k/D of
 1/10 to 1/40).  At inference ``alpha`` may raise it (Gao et al. 2024).
 
+Objectives: ``elbo`` (default) minimises the negative ELBO of a Gaussian decoder of
+width ``beta`` over the active units; ``infovae`` is the objective of Zhou et al.'s own
+code: a deterministic code (the posterior mean), per-pixel MSE plus ``mmd_coef`` times
+an RBF-kernel MMD between the batch's codes and draws of the prior N(0, I), with the
+same annealed top-k mask on ``|z|``.
+
 Dead latents: a unit outside every image's top k receives no gradient and can stay
 unused for ever.  Two remedies, both on by default: k starts at ``k_start`` and is
-annealed to ``k`` over ``k_anneal_epochs`` (every unit is trained early), and an
-auxiliary loss feeds the largest dead units of each image to the decoder to explain
-the residual (Gao et al. 2024, "AuxK").  The fraction of dead latents is a logged
-metric.
+annealed to ``k`` over ``k_anneal_epochs`` (every unit is trained early), and the
+auxiliary loss of Gao et al. (2024, "AuxK"): the ``aux_k`` largest dead units of each
+image must explain the detached residual of the main reconstruction, with gradients
+reaching only those units' encoder outputs and decoder weights (weight ``aux_coef``
+relative to the main loss in Gao et al.'s normalised units).  The fraction of dead
+latents is a logged metric, per epoch.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from typing import Any, Mapping
 
 from simobs.embedding.model import VAEArchitecture
 
-__all__ = ["EmbeddingSettings", "WORKFLOW_KEYS"]
+__all__ = ["EmbeddingSettings", "WORKFLOW_KEYS", "OBJECTIVES"]
+
+#: Training objectives (``embedding.objective``).
+OBJECTIVES = ("elbo", "infovae")
 
 #: Keys of the config section that the workflow reads and the library ignores.
 WORKFLOW_KEYS = frozenset({"train_sources", "embed_batch_size"})
@@ -50,6 +61,9 @@ class EmbeddingSettings:
         width: Channels of the first convolution (doubled per level up to ``max_width``).
         depth: Stride-2 convolutions in the encoder (and transposed ones in the decoder).
         max_width: Channel cap.
+        objective: ``elbo`` (Gaussian-decoder ELBO) or ``infovae`` (MSE + MMD, Zhou et al.'s code).
+        mmd_coef: ``infovae`` only: weight of the MMD relative to the per-pixel MSE (1 in
+            Zhou et al.'s code).
         beta: Width of the Gaussian decoder in normalised pixel units: the loss is
             ``SSE / (2 beta^2) + KL``.  Smaller values favour reconstruction over a
             regular latent.  The default lies below the sky noise of asinh-normalised
@@ -67,8 +81,9 @@ class EmbeddingSettings:
         k_start: Active units at the start (annealed geometrically to ``k``), so that
             every latent receives gradients early (Makhzani & Frey 2013).
         k_anneal_epochs: Epochs over which k goes from ``k_start`` to ``k``.
-        aux_k: Dead latents revived per image by the auxiliary loss (Gao et al. 2024).
-        aux_coef: Weight of the auxiliary loss (0 turns it off).
+        aux_k: Dead latents per image in the auxiliary loss (Gao et al. 2024: ~latent_dim/2).
+        aux_coef: Weight of the auxiliary loss relative to the main loss, both as
+            normalised MSE (Gao et al.: 1/32; 0 turns it off).
         dead_window_epochs: A latent inactive in this many epochs' worth of training
             images counts as dead.
         val_fraction: Fraction of the observed images held out for validation.
@@ -85,6 +100,8 @@ class EmbeddingSettings:
     latent_dim: int = 512
     k: int = 32
     alpha: float = 1.0
+    objective: str = "elbo"
+    mmd_coef: float = 1.0
     width: int = 16
     depth: int = 4
     max_width: int = 128
@@ -100,8 +117,8 @@ class EmbeddingSettings:
     grad_clip: float = 5.0
     k_start: int = 256
     k_anneal_epochs: float = 3.0
-    aux_k: int = 64
-    aux_coef: float = 0.25
+    aux_k: int = 256
+    aux_coef: float = 0.03125
     dead_window_epochs: float = 0.25
     val_fraction: float = 0.1
     block_rows: int = 64
@@ -115,6 +132,8 @@ class EmbeddingSettings:
     def __post_init__(self) -> None:
         checks = [
             (self.alpha >= 1.0, "alpha", "must be >= 1"),
+            (self.objective in OBJECTIVES, "objective", f"must be one of {list(OBJECTIVES)}"),
+            (self.mmd_coef >= 0, "mmd_coef", "must be >= 0"),
             (self.beta > 0, "beta", "must be > 0"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.max_epochs >= 1, "max_epochs", "must be >= 1"),
@@ -124,6 +143,7 @@ class EmbeddingSettings:
             (self.k_start >= self.k, "k_start", f"must be >= k={self.k}"),
             (self.k_start <= self.latent_dim, "k_start", f"must be <= latent_dim={self.latent_dim}"),
             (self.aux_k >= 0, "aux_k", "must be >= 0"),
+            (self.aux_coef >= 0, "aux_coef", "must be >= 0"),
             (self.k_anneal_epochs >= 0, "k_anneal_epochs", "must be >= 0"),
             (0 < self.val_fraction < 1, "val_fraction", "must lie in (0, 1)"),
             (self.num_workers >= -1, "num_workers", "must be >= 0, or -1 for auto"),

@@ -10,7 +10,8 @@ Crash safety: after every epoch the full training state (weights, optimiser,
 scheduler, RNG, early-stopping state, dead-latent tracker, history) is written
 atomically to ``checkpoint_dir/last.pt``.  A rerun with the same settings and the same
 training data resumes after the last completed epoch (and says so in the log); a
-rerun with different settings starts over.
+rerun with different settings starts over.  The checkpoint is deleted once the model
+file is written: a finished run leaves none, so a forced rerun trains from epoch 1.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from simobs.embedding.checkpoint import load_checkpoint, save_checkpoint, save_model
@@ -37,8 +38,9 @@ from simobs.embedding.data import (
     make_loader,
     read_source_info,
     split_blocks,
+    split_record,
 )
-from simobs.embedding.model import KSparseVAE, VAEOutput, elbo_terms, top_k_mask
+from simobs.embedding.model import KSparseVAE, VAEOutput, loss_terms, rbf_mmd, top_k_mask
 from simobs.embedding.settings import EmbeddingSettings
 from simobs.io import config_digest
 from simobs.devices import resolve_device
@@ -48,6 +50,7 @@ __all__ = [
     "train_embedding",
     "k_at_step",
     "auxiliary_loss",
+    "objective_loss",
     "evaluate",
     "latent_statistics",
     "training_sources",
@@ -144,14 +147,23 @@ def _lr_factor(step: int, steps_per_epoch: int, settings: EmbeddingSettings) -> 
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def auxiliary_loss(model: KSparseVAE, x: Tensor, out: VAEOutput, dead: Tensor, aux_k: int, beta: float) -> Tensor:
-    """Auxiliary loss that revives dead latents (after Gao et al. 2024, "AuxK").
+def auxiliary_loss(model: KSparseVAE, x: Tensor, out: VAEOutput, dead: Tensor, aux_k: int) -> Tensor:
+    """Auxiliary loss that revives dead latents, as Gao et al. (2024, "AuxK") publish it.
 
-    The ``aux_k`` dead latents with the largest ``|mu|`` are added to the (detached)
-    active code, and the decoder must explain the remaining residual with them:
-    ``||x - dec(stopgrad(z_active) + mu * m_dead)||^2 / (2 beta^2)``.  Gradients
-    reach the encoder outputs of the dead units (which the top-k mask otherwise never
-    lets through) and the decoder's use of them.
+    The ``aux_k`` dead latents with the largest ``|mu|`` of each image must explain the
+    *detached* residual ``e = x - x_hat`` of the main reconstruction.  Gao et al.'s
+    decoder is linear, ``e_hat = W_dead z_dead``; for this nonlinear decoder the dead
+    units' contribution enters the decoder's first (linear) layer beside the detached
+    active code, and the rest of the decoder is frozen for this pass::
+
+        e_hat = dec_frozen(W z_active + b + W_dead z_dead) - x_hat
+
+    so gradients reach only the dead units' encoder outputs (``mu`` at those entries)
+    and their decoder weights (those columns of ``from_latent.weight``); the decoder
+    never learns from codes the main loss does not show it.  As in Gao et al. the error
+    is a normalised MSE, ``||e - e_hat||^2 / ||e||^2``; the training step converts it to
+    the main loss's units (:func:`_normaliser`) so that ``aux_coef`` weighs it as in
+    the paper (``L = nmse + aux_coef * nmse_aux``).
 
     Args:
         model: The VAE.
@@ -159,11 +171,9 @@ def auxiliary_loss(model: KSparseVAE, x: Tensor, out: VAEOutput, dead: Tensor, a
         out: The forward pass of ``x``.
         dead: ``(D,)`` bool, the latents currently counted as dead.
         aux_k: Dead latents used per image.
-        beta: Decoder width.
 
     Returns:
-        Scalar mean over the batch (the plain reconstruction term of the detached
-        active code when no latent is dead).
+        Scalar normalised MSE of the residual fit (1 when no latent is dead: no gradient).
     """
     # No host sync on the number of dead latents: a fixed-size top-k, and candidates
     # that are not dead are zeroed by the mask afterwards.
@@ -171,10 +181,53 @@ def auxiliary_loss(model: KSparseVAE, x: Tensor, out: VAEOutput, dead: Tensor, a
     scores = out.mu.detach().abs().masked_fill(~candidates, -1.0)
     idx = torch.topk(scores, min(aux_k, scores.shape[-1]), dim=-1).indices
     aux_mask = torch.zeros_like(out.mu).scatter_(-1, idx, 1.0) * candidates
-    z = out.z.detach() + out.mu * aux_mask
-    x_aux = model.decode(z)
-    sse = (x.float() - x_aux.float()).flatten(1).square().sum(dim=1)
-    return (sse / (2.0 * beta**2)).mean()
+    linear = model.from_latent
+    weight = linear.weight
+    z_active = out.z.detach().to(weight.dtype)
+    z_dead = (out.mu * aux_mask).to(weight.dtype)
+    h = nn.functional.linear(z_active, weight.detach(), linear.bias.detach()) + nn.functional.linear(z_dead, weight)
+    h = h.view(-1, model.bottom_channels, model.bottom_side, model.bottom_side)
+    frozen = {name: param.detach() for name, param in model.decoder.named_parameters()}
+    x_aux = torch.func.functional_call(model.decoder, frozen, (h,))
+    residual = (x.float() - out.x_hat.detach().float()).square().sum()
+    return (x.float() - x_aux.float()).square().sum() / residual.clamp_min(1e-12)
+
+
+def _normaliser(x: Tensor, beta: float) -> Tensor:
+    # Converts a normalised MSE (error / variance about the batch's per-pixel mean, Gao
+    # et al.'s unit) into the units of the main loss, SSE / (2 beta^2) per image.
+    xf = x.detach().float()
+    return (xf - xf.mean(dim=0, keepdim=True)).square().sum() / (2.0 * beta**2 * x.shape[0])
+
+
+def objective_loss(
+    model: KSparseVAE, x: Tensor, k: int, settings: EmbeddingSettings
+) -> tuple[VAEOutput, dict[str, Tensor], Tensor, Tensor]:
+    """One batch's forward pass and training loss under ``settings.objective``.
+
+    ``elbo``: a sampled code, loss ``SSE / (2 beta^2) + KL_active`` per image.
+    ``infovae`` (Zhou et al.'s code): the deterministic code ``mask * mu``, loss
+    ``P / (2 beta^2) * (MSE + mmd_coef * MMD(mu, prior draws))``, i.e. Zhou et al.'s
+    ``MSE + MMD`` in the units of the ELBO's reconstruction term (so the learning rate,
+    clipping and early stopping keep their meaning).  The MMD compares the dense codes
+    ``mu`` with as many draws of ``N(0, I)``: the aggregate code distribution, not each
+    posterior, is pulled to the prior.
+
+    Returns:
+        ``(out, terms, loss, mmd)``: the :class:`VAEOutput`, the per-image
+        :func:`loss_terms` (KL 0 for ``infovae``), the scalar batch loss and the MMD
+        (0 for ``elbo``).
+    """
+    if settings.objective == "infovae":
+        out = model(x, k=k, sample=False)
+        terms = loss_terms(x, out.x_hat, torch.zeros_like(out.kl), settings.beta)
+        mmd = rbf_mmd(out.mu, torch.randn_like(out.mu))
+        n_pixels = x[0].numel()
+        loss = terms["loss"].mean() + settings.mmd_coef * n_pixels / (2.0 * settings.beta**2) * mmd
+        return out, terms, loss, mmd
+    out = model(x, k=k, sample=True)
+    terms = loss_terms(x, out.x_hat, out.kl, settings.beta)
+    return out, terms, terms["loss"].mean(), x.new_zeros(())
 
 
 def _autocast(device: torch.device, settings: EmbeddingSettings) -> contextlib.AbstractContextManager:
@@ -215,7 +268,8 @@ def evaluate(
         num_workers: Loader workers.
 
     Returns:
-        ``loss``, ``recon``, ``kl`` (means per image, nats), ``mse`` (per pixel),
+        ``loss``, ``recon``, ``kl`` (means per image, nats; for ``infovae`` the loss is
+        the reconstruction term alone, the MMD being a property of batches), ``mse`` (per pixel),
         ``fve`` (fraction of the pixel variance about the per-band mean that the
         reconstruction explains, ``1 - SSE / SST``), ``images_per_s``.
     """
@@ -235,7 +289,8 @@ def evaluate(
         x = _to_device(x, device, channels_last)
         with _autocast(device, settings):
             out = model(x, k=k, sample=False)
-        terms = elbo_terms(x, out.x_hat, out.kl, beta)
+        kl = torch.zeros_like(out.kl) if settings.objective == "infovae" else out.kl
+        terms = loss_terms(x, out.x_hat, kl, beta)
         sums += torch.stack([terms[name].sum().double() for name in ("loss", "recon", "kl", "sse")])
         xd = x.double()
         if band_sum is None:
@@ -274,12 +329,30 @@ def latent_statistics(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     settings: EmbeddingSettings | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean, standard deviation and usage of the embedding (masked posterior mean).
+) -> dict[str, Tensor]:
+    """Statistics of the sparse codes at ``k`` active units, for latent traversals.
+
+    Two passes over ``blocks`` with the posterior mean as code: the first gives each
+    image's typicality loss and each unit's moments *while active*; the second picks,
+    per unit, the image closest to the median typicality loss among those in which the
+    unit is active, and keeps its sparse code (a code the decoder was trained on, not a
+    dense mean code).
+
+    Args:
+        model: The trained VAE.
+        blocks: The training images.
+        k: Active units per image (the inference k, ``round(alpha * k)``).
+        batch_size: Images per forward pass.
+        device: Where to run.
+        settings: Autocast / channels-last choice, ``beta`` and ``objective`` of the
+            typicality loss.
 
     Returns:
-        ``(mean, std, usage)``, each ``(D,)`` float32 on the CPU; ``usage`` is the
-        fraction of images in which the unit is among the active ones.
+        CPU float32 tensors: ``mean``, ``std`` (``(D,)``, moments of each unit's value
+        over the images in which it is active; 0 where never active), ``usage``
+        (``(D,)``, fraction of images in which it is active) and ``codes`` (``(D, D)``,
+        row ``i`` the sparse code of unit ``i``'s most typical image; zeros where never
+        active).
     """
     device = torch.device(device)
     settings = settings or EmbeddingSettings()
@@ -289,20 +362,45 @@ def latent_statistics(
     s1 = torch.zeros(d, dtype=torch.float64, device=device)
     s2 = torch.zeros_like(s1)
     used = torch.zeros_like(s1)
-    n = 0
-    for x in make_loader(BlockShuffleDataset(blocks, batch_size, shuffle=False)):
-        x = _to_device(x, device, channels_last)
-        with _autocast(device, settings):
-            mu, _ = model.encode(x)
-        mask = top_k_mask(mu.abs(), k)
-        emb = (mu * mask).double()
+    losses: list[Tensor] = []
+
+    def batches():
+        for x in make_loader(BlockShuffleDataset(blocks, batch_size, shuffle=False)):
+            x = _to_device(x, device, channels_last)
+            with _autocast(device, settings):
+                out = model(x, k=k, sample=False)
+            yield x, out
+
+    for x, out in batches():
+        kl = torch.zeros_like(out.kl) if settings.objective == "infovae" else out.kl
+        losses.append(loss_terms(x, out.x_hat, kl, settings.beta)["typicality_loss"].double())
+        emb = out.embedding.double()
         s1 += emb.sum(0)
         s2 += emb.square().sum(0)
-        used += mask.double().sum(0)
-        n += x.shape[0]
-    mean = s1 / n
-    std = (s2 / n - mean.square()).clamp_min(0).sqrt()
-    return mean.float().cpu(), std.float().cpu(), (used / n).float().cpu()
+        used += out.mask.double().sum(0)
+    loss = torch.cat(losses)
+    n = loss.numel()
+    count = used.clamp_min(1)
+    mean = s1 / count
+    std = (s2 / count - mean.square()).clamp_min(0).sqrt()
+    median = loss.median()
+    best = torch.full((d,), math.inf, dtype=torch.float64, device=device)
+    codes = torch.zeros(d, d, dtype=torch.float32, device=device)
+    start = 0
+    for x, out in batches():
+        distance = (loss[start : start + x.shape[0]] - median).abs()
+        start += x.shape[0]
+        masked = torch.where(out.mask > 0, distance[:, None], torch.full_like(out.mask, math.inf, dtype=torch.float64))
+        value, row = masked.min(dim=0)
+        better = value < best
+        best = torch.where(better, value, best)
+        codes[better] = out.embedding.float()[row[better]]
+    return {
+        "mean": mean.float().cpu(),
+        "std": std.float().cpu(),
+        "usage": (used / n).float().cpu(),
+        "codes": codes.cpu(),
+    }
 
 
 def training_sources(paths: Sequence[str | Path], allow_simulations: bool = False) -> list[SourceInfo]:
@@ -335,12 +433,17 @@ def training_sources(paths: Sequence[str | Path], allow_simulations: bool = Fals
     return infos
 
 
-def _fingerprint(settings: EmbeddingSettings, infos: Sequence[SourceInfo]) -> str:
+def _fingerprint(settings: EmbeddingSettings, infos: Sequence[SourceInfo], num_workers: int) -> str:
     # The device is left out on purpose: a run started on one GPU node may resume on
-    # another, or on the CPU.  The data enter by name, size and modification time: a
-    # re-ingested source means a new training run.
+    # another, or on the CPU.  The *resolved* number of loader workers goes in: each
+    # worker reads every n-th block and shuffles its own buffer, so the batch stream
+    # depends on it, and `num_workers: -1` resolves from the node's CPU count; resuming
+    # with another count would silently change the stream, so it starts over instead.
+    # The data enter by name, size and modification time: a re-ingested source means
+    # a new training run.
     values = settings.to_dict()
     values.pop("device")
+    values["num_workers"] = num_workers
     sources = []
     for info in infos:
         stat = Path(info.path).stat()
@@ -433,7 +536,8 @@ def train_embedding(
 
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else Path(model_path).parent / "checkpoints"
     checkpoint_path = checkpoint_dir / "last.pt"
-    fingerprint = _fingerprint(settings, infos)
+    num_workers = _num_workers(settings, device)
+    fingerprint = _fingerprint(settings, infos, num_workers)
     since_active = torch.zeros(arch.latent_dim, device=device)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -449,7 +553,7 @@ def train_embedding(
     state = load_checkpoint(checkpoint_path)
     if state is not None and state.get("fingerprint") != fingerprint:
         log.warning(
-            "checkpoint %s was written for other settings or data (fingerprint %s, now %s); "
+            "checkpoint %s was written for other settings, data or loader workers (fingerprint %s, now %s); "
             "starting training from scratch", checkpoint_path, state.get("fingerprint"), fingerprint,
         )
         state = None
@@ -478,7 +582,6 @@ def train_embedding(
     interactive = hasattr(stream, "isatty") and stream.isatty()
     if not interactive:
         stream = _LogLines(stream)  # type: ignore[assignment]
-    num_workers = _num_workers(settings, device)
     anneal_end_epoch = math.ceil(settings.k_anneal_epochs)
 
     epoch = start_epoch
@@ -489,7 +592,7 @@ def train_embedding(
         any_dead = bool((since_active > dead_window).any())
         train_ds.set_epoch(epoch)
         loader = make_loader(train_ds, num_workers, pin_memory=device.type == "cuda")
-        sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, recon, kl, sse, aux
+        sums = torch.zeros(6, dtype=torch.float64, device=device)  # loss, recon, kl, sse, aux, mmd
         used = torch.zeros(arch.latent_dim, device=device)
         n_seen = 0
         k_sum = 0
@@ -503,13 +606,11 @@ def train_embedding(
             x = _to_device(x, device, channels_last)
             k_now = k_at_step(step, steps_per_epoch, settings)
             with _autocast(device, settings):
-                out = model(x, k=k_now, sample=True)
-                terms = elbo_terms(x, out.x_hat, out.kl, settings.beta)
-                loss = terms["loss"].mean()
+                out, terms, loss, mmd = objective_loss(model, x, k_now, settings)
                 aux = x.new_zeros(())
                 if any_dead and settings.aux_coef > 0 and settings.aux_k > 0:
-                    aux = auxiliary_loss(model, x, out, since_active > dead_window, settings.aux_k, settings.beta)
-                    loss = loss + settings.aux_coef * aux
+                    aux = auxiliary_loss(model, x, out, since_active > dead_window, settings.aux_k)
+                    loss = loss + settings.aux_coef * _normaliser(x, settings.beta) * aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip > 0:
@@ -525,7 +626,7 @@ def train_embedding(
             since_active[active > 0] = 0
             sums += torch.stack(
                 [terms[name].detach().sum().double() for name in ("loss", "recon", "kl", "sse")]
-                + [aux.detach().double() * batch]
+                + [aux.detach().double() * batch, mmd.detach().double() * batch]
             )
             n_seen += batch
             k_sum += k_now * batch
@@ -547,7 +648,7 @@ def train_embedding(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - t0
-        loss_m, recon_m, kl_m, sse_m, aux_m = (sums / max(n_seen, 1)).tolist()
+        loss_m, recon_m, kl_m, sse_m, aux_m, mmd_m = (sums / max(n_seen, 1)).tolist()
         val = evaluate(
             model, val_blocks, arch.k, settings.beta, batch_size=max(settings.batch_size, 256), device=device,
             settings=settings, num_workers=num_workers,
@@ -558,7 +659,8 @@ def train_embedding(
             "recon": recon_m,
             "kl": kl_m,
             "mse": sse_m / (arch.bands * image_size**2),
-            "aux_loss": aux_m,
+            "aux_loss": aux_m,  # normalised MSE of the dead latents' residual fit (1: nothing explained)
+            "mmd": mmd_m,  # infovae: MMD between the codes and the prior (0 for elbo)
             "val_loss": val["loss"],
             "val_recon": val["recon"],
             "val_kl": val["kl"],
@@ -624,13 +726,15 @@ def train_embedding(
             "keeping the last weights", arch.k, settings.max_epochs, settings.k_anneal_epochs,
         )
     model.eval()
-    mean, std, usage = latent_statistics(
+    stats = latent_statistics(
         model, train_blocks, settings.k_inference, batch_size=max(settings.batch_size, 256), device=device,
         settings=settings,
     )
-    model.latent_mean.copy_(mean)
-    model.latent_std.copy_(std)
-    model.latent_usage.copy_(usage)
+    model.latent_mean.copy_(stats["mean"])
+    model.latent_std.copy_(stats["std"])
+    model.latent_usage.copy_(stats["usage"])
+    model.traversal_codes.copy_(stats["codes"])
+    usage = stats["usage"]
     eval_kwargs = dict(batch_size=max(settings.batch_size, 256), device=device, settings=settings)
     val_train_k = evaluate(model, val_blocks, arch.k, settings.beta, **eval_kwargs)
     val_inference = (
@@ -661,11 +765,15 @@ def train_embedding(
         extra={
             "settings": settings.to_dict(),
             "train_sources": [i.source for i in infos],
+            "split": split_record(infos, train_blocks, val_blocks),
             "metrics": final,
             "fingerprint": fingerprint,
         },
         architecture_json=architecture_json,
     )
+    # The checkpoint exists to survive a crash; once the model is written it must never
+    # stand in for a training run a user asks for (snakemake --forcerun train_embedding).
+    checkpoint_path.unlink(missing_ok=True)
     log.info(
         "kept epoch %d: val FVE %.4f (%.4f at inference k=%d), dead latents %.3f; model written to %s",
         best_epoch, final["val_fve"], final["val_fve_inference"], settings.k_inference, final["dead_fraction"],
