@@ -49,6 +49,7 @@ __all__ = [
     "GaussianDustPredictor",
     "GibbsResult",
     "gibbs_diffusion",
+    "sample_parameters",
 ]
 
 #: ``phi (B, P) -> Σ_φ`` on the rfft half plane, shape ``(B, npix, npix // 2 + 1)``; differentiable.
@@ -164,6 +165,7 @@ def gibbs_diffusion(
     n_iterations: int = 50,
     n_burn: int = 10,
     n_steps: int = 50,
+    method: str = "euler_maruyama",
     n_warmup: int = 200,
     n_hmc: int = 2,
     n_leapfrog: int = 10,
@@ -184,6 +186,7 @@ def gibbs_diffusion(
         n_chains: chains per observation.
         n_iterations: Gibbs iterations kept after ``n_burn`` burn-in iterations.
         n_steps: reverse-diffusion steps of each dust draw.
+        method: the reverse-diffusion integrator (a stochastic method of :func:`~simobs.separation.sample.sample_posterior`).
         n_warmup: HMC warm-up transitions (first iteration: step size and mass matrix).
         n_hmc: HMC transitions per Gibbs iteration.
         n_leapfrog: leapfrog steps per transition.
@@ -213,7 +216,8 @@ def gibbs_diffusion(
             power = spectrum(phi).to(dtype)
         noise = RowColouredNoise(power)
         fn = lambda z, t: predictor(z, t, phi, power)  # noqa: E731
-        return sample_posterior(fn, y_rep, sig, schedule=schedule, noise=noise, n_steps=n_steps, generator=gen)
+        return sample_posterior(fn, y_rep, sig, schedule=schedule, noise=noise, n_steps=n_steps,
+                                method=method, generator=gen)
 
     def target(residual: torch.Tensor):
         return lambda th: residual_log_likelihood(residual, th[:, -1], spectrum(th[:, :-1]).to(dtype))
@@ -247,3 +251,48 @@ def gibbs_diffusion(
         dust_mean=(dust_sum / n_iterations).reshape(n, n_chains, npix, npix).mean(dim=1).cpu().numpy(),
         dust_last=dust.reshape(n, n_chains, npix, npix).cpu().numpy(),
     )
+
+
+def sample_parameters(
+    log_likelihood: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    n_rows: int,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    n_chains: int = 4,
+    n_draws: int = 500,
+    n_warmup: int = 300,
+    n_leapfrog: int = 10,
+    target_accept: float = 0.65,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """HMC draws of ``(φ, σ)`` under a fixed likelihood, flat prior on the box: the blind stage's baselines.
+
+    * the **oracle**: ``residual_log_likelihood(y − x_true, ...)``, the parameters' posterior had
+      the dust been known (the CMB alone);
+    * the **Gaussian-dust approximation**: ``gaussian_marginal_log_likelihood(y, ..., D)`` with the
+      training dust's power ``D``, exact when the dust is Gaussian.
+
+    Args:
+        log_likelihood: ``theta (n_rows * n_chains, P + 1) -> (n_rows * n_chains,)``, rows ordered
+            observation-major (row = observation * n_chains + chain).
+        n_rows: observations.
+
+    Returns:
+        Draws, shape ``(n_rows, n_chains, n_draws, P + 1)``.
+    """
+    dev = torch.device(device)
+    lo = torch.as_tensor(lower, dtype=dtype, device=dev)
+    hi = torch.as_tensor(upper, dtype=dtype, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    b = n_rows * n_chains
+    theta = lo + (hi - lo) * torch.rand((b, lo.numel()), generator=gen, dtype=dtype, device=dev)
+    theta, state = warmup(theta, log_likelihood, lower=lo, upper=hi, n_warmup=n_warmup, n_leapfrog=n_leapfrog,
+                          target_accept=target_accept, generator=gen)
+    draws = []
+    for _ in range(n_draws):
+        theta, _ = hmc_step(theta, log_likelihood, state, lower=lo, upper=hi, generator=gen)
+        draws.append(theta)
+    return torch.stack(draws, dim=1).reshape(n_rows, n_chains, n_draws, lo.numel()).cpu().numpy()
