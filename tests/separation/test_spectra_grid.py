@@ -99,4 +99,4 @@ def test_camb_grid_interpolates_held_out_camb_spectra() -> None:
 
     phis = np.array([[58.0, 0.02], [77.0, 0.045]])
     cls = np.array([cmb_temperature_cl(1000, {"H0": a, "ombh2": b}) for a, b in phis])
-    assert interpolation_error(interp, phis, cls, pix) < 0.05
+    assert interpolation_error(interp, phis, cls, pix) < 0.03  # measured: 1.4 %
