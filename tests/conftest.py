@@ -39,7 +39,7 @@ class SnakemakeResult:
 
 
 def run_snakemake(workdir: Path, *args: str, configfiles: tuple[Path | str, ...] = (TINY_CONFIG,),
-                  timeout: int = 1800, cores: int = 2, env: dict[str, str] | None = None) -> SnakemakeResult:
+                  timeout: int = 3600, cores: int = 2, env: dict[str, str] | None = None) -> SnakemakeResult:
     """Run the repository's workflow in ``workdir`` (outputs go there), under a hard timeout."""
     cmd = [
         "timeout", "-s", "KILL", str(timeout),

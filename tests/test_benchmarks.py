@@ -15,7 +15,7 @@ def test_separation_map_size_benchmark_runs_and_reports_ratios() -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/separation_map_size.py"), "--sizes", "16", "32",
          "--maps", "32", "--observations", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True, text=True, timeout=900, check=True,
     ).stdout
     rows = [line.split() for line in out.splitlines() if line.strip()[:2] in ("16", "32")]
     assert [r[0] for r in rows] == ["16", "32"], out
@@ -65,7 +65,7 @@ def test_embedding_objectives_benchmark_runs_and_reports_the_dead_fraction_curve
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/embedding_objectives.py"), "--dataset", str(data),
          "--label", "toy", *[a for s in tiny + ["objective=infovae"] for a in ("--set", s)]],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True, text=True, timeout=900, check=True,
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["label"] == "toy" and len(result["dead_fraction_per_epoch"]) == 2, result
