@@ -38,10 +38,12 @@ def test_typical_set_directions():
     thr = typical_set_threshold(obs, "recon_error", 0.99)
     assert atypical_fraction(obs, thr, "recon_error") == pytest.approx(0.01, abs=0.002)
     assert atypical_fraction(obs * 3, thr, "recon_error") > 0.5
-    elbo = -obs * 100
-    thr_e = typical_set_threshold(elbo, "elbo", 0.99)
-    assert atypical_fraction(elbo, thr_e, "elbo") == pytest.approx(0.01, abs=0.002)
-    assert atypical_fraction(elbo - 10, thr_e, "elbo") > 0.5
+    loss = obs * 100  # typicality_loss: lower = more typical, like the reconstruction error
+    thr_e = typical_set_threshold(loss, "typicality_loss", 0.99)
+    assert atypical_fraction(loss, thr_e, "typicality_loss") == pytest.approx(0.01, abs=0.002)
+    assert atypical_fraction(loss + 10, thr_e, "typicality_loss") > 0.5
+    with pytest.raises(ValueError, match="statistic"):
+        typical_set_threshold(obs, "elbo")  # renamed: not a bound
     assert atypical_mask(np.array([np.nan]), thr, "recon_error")[0]  # a failed reconstruction is atypical
     with pytest.raises(ValueError, match="statistic"):
         typical_set_threshold(obs, "kl")

@@ -7,7 +7,8 @@ with job_run(snakemake) as run:
     result = run_model_posterior(
         list(snakemake.input.embeddings),
         snakemake.input.classifier,
-        snakemake.input.predictions,
+        snakemake.input.ood_scores,
+        snakemake.input.ood_thresholds,
         dict(snakemake.output.items()),
         snakemake.params.settings,
         snakemake.params.ood,

@@ -39,6 +39,7 @@ import numpy as np
 from scipy.special import logsumexp, softmax
 
 from simobs.comparison.posterior import aggregate_log_posterior
+from simobs.comparison.splits import HELD_OUT_SPLITS  # noqa: F401  (re-exported for the stages)
 
 __all__ = [
     "energy_score",
@@ -51,7 +52,6 @@ __all__ = [
     "reference_model_weights",
 ]
 
-HELD_OUT_SPLITS = ("validation", "test")
 
 
 def _logits(logits: np.ndarray) -> np.ndarray:
