@@ -88,6 +88,7 @@ def test_well_specified_universe(tmp_path):
     # defect 5: every test reports its power; m2's non-rejection is conclusive here
     assert (mmd["power_nearest_other_model"] > 0.8).all() and (mmd["false_alarm_rate"] <= 0.25).all()
     assert verdict["inconclusive_simulations"] == []
+    assert verdict["misspecified_rate_on_observed_surveys"] <= 0.2  # sub-surveys of a well-specified sample
 
 
 def test_misspecified_universe(tmp_path):
@@ -97,6 +98,7 @@ def test_misspecified_universe(tmp_path):
     verdict = json.loads(mis_out["verdict"].read_text())["obs"]
     assert verdict["misspecified"] and "No simulation is consistent" in verdict["statement"]
     assert verdict["flagged_fraction"] > 0.2  # clearly above the nominal 5 %
+    assert verdict["misspecified_rate_on_observed_surveys"] >= 0.8  # the verdict's power on sub-surveys
     agg = pd.read_csv(post_out["aggregate"])
     assert (agg["n_excluded_ood"] > 0).all()
 

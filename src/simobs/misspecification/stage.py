@@ -39,7 +39,7 @@ from simobs.misspecification.ood import HELD_OUT_SPLITS
 from simobs.misspecification.ood_stage import SIMULATIONS_REFERENCE
 from simobs.misspecification.scores import OOD_METHODS
 from simobs.misspecification.typicality import STATISTICS, atypical_mask, generalisation_gap, typical_set_threshold
-from simobs.misspecification.verdict import Standardiser, mmd_false_alarm, mmd_power
+from simobs.misspecification.verdict import Standardiser, mmd_power, verdict_rates
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
 __all__ = ["run_misspecification"]
@@ -140,8 +140,12 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
         sim_samples[s.source] = std(s.embedding[idx])
         split = scores[scores.source == s.source].set_index("id").loc[list(s.ids[idx]), "split"].to_numpy()
         held_samples[s.source] = sim_samples[s.source][np.isin(split, HELD_OUT_SPLITS)]
-    false_alarm = {s.source: mmd_false_alarm(sim_samples[s.source], alpha, int(mmd_cfg.get("false_alarm_replicates", 100)),
-                                             p_perm, scales, seed + k) for k, s in enumerate(sim_sets)}
+    # the verdict on simulated surveys (well-specified: false alarms) of half a model's galaxies
+    n_fa = int(mmd_cfg.get("false_alarm_replicates", 100))
+    survey_n = max(2, min(len(v) for v in sim_samples.values()) // 2)
+    fa = {s.source: verdict_rates(sim_samples[s.source], sim_samples, survey_n, s.source, alpha, n_fa, p_perm, scales,
+                                  seed + k) for k, s in enumerate(sim_sets)}
+    false_alarm = {n: v[0] for n, v in fa.items()}
     rows, results = [], {}
     for o in obs_sets:
         x = std(o.embedding[o.unseen_by_vae])  # the VAE-unseen observed galaxies, like the simulated ones
@@ -168,6 +172,9 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
         consistent = m.loc[~m.rejected, "simulation"].tolist()
         weak = m.loc[~m.rejected & ~(m.power_nearest_other_model >= min_power), "simulation"].tolist()
         flagged = float(summary.loc[summary.source == o.source, f"flagged_fraction_{method}"].iloc[0])
+        # the same verdict on surveys of the observed galaxies, of the simulated surveys' size
+        _, rate_obs = verdict_rates(std(o.embedding[o.unseen_by_vae]), sim_samples, survey_n, None, alpha, n_fa, p_perm,
+                                    scales, seed)
         power_note = (f" The test's power against the nearest other model is below {min_power:.0%} for "
                       f"{', '.join(weak)}: not rejecting is weak evidence there." if weak else "")
         verdict[o.source] = {
@@ -176,7 +183,10 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
             "misspecified": not consistent,
             "flagged_fraction": flagged,
             "nominal_flagged_fraction": 1.0 - tpr,
-            "false_alarm_rate": float(min(false_alarm.values())),
+            "survey_size": survey_n,
+            "verdict_false_alarm_rate": {n: v[1] for n, v in fa.items()},  # surveys of each model: nominal <= alpha
+            "test_false_alarm_rate": false_alarm,  # the test of a survey's own model rejects: nominal alpha
+            "misspecified_rate_on_observed_surveys": rate_obs,  # power if the universe is misspecified
             "statement": (f"No simulation is consistent with {o.source} (MMD test rejects all at alpha={alpha}); "
                           f"{flagged:.1%} of its galaxies are out of distribution (nominal {1 - tpr:.1%}). Posterior "
                           "model probabilities rank wrong models only.") if not consistent else

@@ -4,11 +4,12 @@ A simulation is called *consistent* with an observed sample when the MMD test do
 reject.  That is evidence only if the test could have rejected: :func:`mmd_power`
 measures, from held-out simulated galaxies, how often the test rejects a simulation
 when the sample comes from *another* model (power against the nearest alternative, at
-the sample size the held-out galaxies allow).  :func:`mmd_false_alarm` measures how often
-it rejects a model against a survey drawn from that same model (well-specified by
-construction: random halves of the model's galaxies, one projection each), which must
-be the nominal ``alpha``; the verdict "no simulation is consistent" needs every test to
-reject, so its false-alarm rate is at most the smallest of these.
+the sample size the held-out galaxies allow).  :func:`verdict_rates` measures, on surveys
+drawn from one model's galaxies (well-specified by construction; one projection each),
+how often the test of that model rejects (its false-alarm rate, nominally ``alpha``) and
+how often the verdict "no simulation is consistent" (every test rejects) is reached (the
+verdict's false-alarm rate, at most the former); on surveys drawn from the observed
+galaxies of a misspecified universe the latter rate is the verdict's power.
 
 Latents are standardised (:func:`standardise`) with the simulations' mean and spread per
 latent, as the k-NN score does, so that no latent dominates the kernel by its scale.
@@ -16,13 +17,13 @@ latent, as the k-NN score does, so that no latent dominates the kernel by its sc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from simobs.misspecification.mmd import mmd_permutation_test
 
-__all__ = ["Standardiser", "mmd_power", "mmd_false_alarm"]
+__all__ = ["Standardiser", "mmd_power", "verdict_rates"]
 
 
 class Standardiser:
@@ -75,21 +76,39 @@ def mmd_power(sample: np.ndarray, alternatives: Sequence[np.ndarray], n: int, al
     return float(min(rates)), int(min(used))
 
 
-def mmd_false_alarm(galaxies: np.ndarray, alpha: float = 0.05, replicates: int = 100, n_permutations: int = 200,
-                    bandwidth_scales: Sequence[float] = (1.0,), seed: int = 0) -> float:
-    """Rejection rate of the test of a model against surveys drawn from that model.
+def verdict_rates(pool: np.ndarray, samples: Mapping[str, np.ndarray], n: int, own: str | None = None,
+                  alpha: float = 0.05, replicates: int = 100, n_permutations: int = 200,
+                  bandwidth_scales: Sequence[float] = (1.0,), seed: int = 0) -> tuple[float, float]:
+    """Rates of the verdict on surveys of ``n`` galaxies drawn from ``pool``.
+
+    Each replicate draws a survey (without replacement) from ``pool`` and tests it against
+    every model's sample; for the model ``own`` (the survey's own model, when the pool is a
+    simulation's galaxies) the rest of the pool is that model's sample, so survey and
+    simulation never share a galaxy.
 
     Args:
-        galaxies: (G, D) one standardised embedding per galaxy of the model; each replicate
-            splits them at random into a "survey" half and a "simulation" half.
+        pool: (G, D) standardised embeddings, one per galaxy.
+        samples: model name -> (m, D) the sample each model is tested with.
+        n: survey size (< G when ``own`` is given).
+
+    Returns:
+        ``(own_rejected, misspecified)``: the rate at which the test of ``own`` rejects
+        (its false-alarm rate, nominally ``alpha``; NaN without ``own``) and the rate at
+        which every test rejects (the verdict "no simulation is consistent": a false alarm
+        for a simulated survey, the power on a misspecified universe's galaxies).
     """
-    g = np.asarray(galaxies)
-    if len(g) < 4:
-        return float("nan")
+    g = np.asarray(pool)
+    n = int(n)
+    if n < 2 or (own is not None and len(g) - n < 2) or n > len(g):
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    half = len(g) // 2
-    hits = []
+    own_hits, all_hits = [], []
     for r in range(replicates):
         perm = rng.permutation(len(g))
-        hits.append(_rejects(g[perm[:half]], g[perm[half:2 * half]], alpha, n_permutations, seed + r, bandwidth_scales))
-    return float(np.mean(hits))
+        survey, rest = g[perm[:n]], g[perm[n:]]
+        hits = {name: _rejects(survey, rest if name == own else ref, alpha, n_permutations, seed + r, bandwidth_scales)
+                for name, ref in samples.items()}
+        if own is not None:
+            own_hits.append(hits[own])
+        all_hits.append(all(hits.values()))
+    return (float(np.mean(own_hits)) if own_hits else float("nan")), float(np.mean(all_hits))
