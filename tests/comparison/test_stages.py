@@ -46,11 +46,14 @@ def _run_all(tmp_path, obs_model, seed):
     trained = run_train_classifier(emb, out, CLASSIFIER, seed=0)
     post_out = {k: tmp_path / "posterior" / v for k, v in {
         "per_galaxy": "per_galaxy.csv", "aggregate": "aggregate.csv", "bayes_factors": "bayes_factors.csv",
-        "figure_bars": "bars.png", "figure_per_galaxy": "per_galaxy.png"}.items()}
+        "figure_bars": "bars.png", "figure_per_galaxy": "per_galaxy.png",
+        "survey_calibration": "surveys.csv"}.items()}
     ood_out = {"scores": tmp_path / "ood" / "scores.csv", "thresholds": tmp_path / "ood" / "thresholds.csv"}
     run_ood_scores(emb, out["model"], out["predictions"], ood_out, OOD, seed=0)
-    post = run_model_posterior([p for p in emb if "obs" in p.name], out["model"], ood_out["scores"],
-                               ood_out["thresholds"], post_out, {"n_bootstrap": 200}, OOD, seed=0)
+    post = run_model_posterior([p for p in emb if "obs" in p.name], out["model"], out["predictions"],
+                               ood_out["scores"], ood_out["thresholds"], post_out,
+                               {"n_bootstrap": 200, "survey_calibration": {"n_surveys": 50, "survey_size": 40,
+                                                                         "n_bootstrap": 50}}, OOD, seed=0)
     mis_out = {k: tmp_path / "misspecification" / v for k, v in {
         "scores": "scores.csv", "summary": "summary.csv", "mmd": "mmd.csv", "verdict": "verdict.json",
         "figure_energy": "energy.png", "figure_max_softmax": "msp.png", "figure_typicality": "typ.png",
@@ -89,6 +92,8 @@ def test_well_specified_universe(tmp_path):
     assert (mmd["power_nearest_other_model"] > 0.8).all() and (mmd["false_alarm_rate"] <= 0.25).all()
     assert verdict["inconclusive_simulations"] == []
     assert verdict["misspecified_rate_on_observed_surveys"] <= 0.2  # sub-surveys of a well-specified sample
+    surveys = pd.read_csv(post_out["survey_calibration"]).set_index("survey_of")
+    assert surveys.loc["all", "win_rate"] > 0.9 and surveys.loc["all", "aggregate_ece"] < 0.1
 
 
 def test_misspecified_universe(tmp_path):
@@ -110,7 +115,7 @@ def test_model_prior_must_name_every_model(tmp_path):
            "reliability": "r.png", "confusion": "c.png", "shap_figure": "sh.png", "traversals": "t.png"}.items()}
     run_train_classifier(emb, out, {**CLASSIFIER, "xgboost": {"n_estimators": 5, "n_threads": 1}})
     with pytest.raises(ValueError, match="lacks a weight"):
-        run_model_posterior(emb, out["model"], tmp_path / "scores.csv", tmp_path / "thr.csv", {},
+        run_model_posterior(emb, out["model"], out["predictions"], tmp_path / "scores.csv", tmp_path / "thr.csv", {},
                             {"prior": {"m0": 1.0}}, OOD)
 
 

@@ -139,11 +139,14 @@ rule model_posterior:
         embedding_runs=expand("results/embeddings/{source}.run_id", source=OBSERVATIONS),
         classifier="results/classifier/classifier.json",
         classifier_run="results/classifier/train_classifier.run_id",
+        # held-out simulated galaxies: the synthetic surveys of the survey-level calibration
+        predictions="results/classifier/heldout_predictions.csv",
         ood_scores="results/ood/scores.csv",
         ood_thresholds="results/ood/thresholds.csv",
         ood_run="results/ood/ood_scores.run_id",
     output:
         per_galaxy="results/model_posterior/per_galaxy.csv",
+        survey_calibration="results/model_posterior/survey_calibration.csv",
         aggregate="results/model_posterior/aggregate.csv",
         bayes_factors="results/model_posterior/bayes_factors.csv",
         figure_bars=report(

@@ -7,6 +7,7 @@ with job_run(snakemake) as run:
     result = run_model_posterior(
         list(snakemake.input.embeddings),
         snakemake.input.classifier,
+        snakemake.input.predictions,
         snakemake.input.ood_scores,
         snakemake.input.ood_thresholds,
         dict(snakemake.output.items()),
@@ -15,7 +16,7 @@ with job_run(snakemake) as run:
         seed=snakemake.params.seed,
     )
     run.log_metrics(result.metrics)
-    for name in ("aggregate", "bayes_factors", "per_galaxy"):
+    for name in ("aggregate", "bayes_factors", "per_galaxy", "survey_calibration"):
         run.log_artifact(snakemake.output[name], "tables")
     for fig in result.figures:
         run.log_artifact(fig, "figures")

@@ -23,6 +23,8 @@ from simobs.comparison.embeddings import read_embedding_sets
 from simobs.comparison.posterior import bootstrap_aggregate, normalise_prior, posterior_model_probabilities
 from simobs.comparison.projection import ProjectionSettings, project_embeddings
 from simobs.comparison.selection import held_out_pass, observed_flags
+from simobs.comparison.splits import HELD_OUT_SPLITS
+from simobs.comparison.survey_calibration import survey_calibration
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
@@ -131,7 +133,7 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
 
 # -- model_posterior ----------------------------------------------------------------------
 def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: str | Path,
-                        ood_scores_path: str | Path, ood_thresholds_path: str | Path,
+                        predictions_path: str | Path, ood_scores_path: str | Path, ood_thresholds_path: str | Path,
                         outputs: Mapping[str, str | Path], settings: Mapping[str, Any],
                         ood_settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
     """Posterior model probabilities per observed galaxy and for each observed sample.
@@ -142,7 +144,9 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     (see :mod:`simobs.comparison.posterior`); per-galaxy values are reported for all.
 
     Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV), ``bayes_factors`` (CSV),
-    figures ``figure_bars`` and ``figure_per_galaxy``.
+    ``survey_calibration`` (CSV, :mod:`simobs.comparison.survey_calibration` on the
+    held-out simulated galaxies of ``predictions_path``), figures ``figure_bars`` and
+    ``figure_per_galaxy``.
     """
     sets = [e for e in read_embedding_sets(embedding_paths) if e.is_observation]
     if not sets:
@@ -199,6 +203,17 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         figs.append(save_figure(plots.plot_per_galaxy_posteriors(np.nan_to_num(probs, nan=1.0 / len(names)), names,
                                                                  flagged), _suffixed(outputs["figure_per_galaxy"], sfx)))
     write_table(pd.concat(per_galaxy, ignore_index=True), outputs["per_galaxy"])
+    pred = read_table(predictions_path, ["source", "galaxy_id", "label", "split"], "classifier predictions",
+                      "train_classifier")
+    held = pred[pred.split.isin(HELD_OUT_SPLITS)]
+    sc = settings.get("survey_calibration", {}) or {}
+    surveys = survey_calibration(held[[f"logit_{n}" for n in names]].to_numpy(), held["label"].to_numpy(),
+                                 (held["source"] + "/" + held["galaxy_id"]).to_numpy(), names,
+                                 int(sc.get("survey_size", 100)), int(sc.get("n_surveys", 200)),
+                                 int(sc.get("n_bootstrap", 100)), interval, seed=seed)
+    write_table(surveys, outputs["survey_calibration"])
+    overall = surveys[surveys.survey_of == "all"].iloc[0]
+    metrics.update({"survey_win_rate": float(overall["win_rate"]), "survey_aggregate_ece": float(overall["aggregate_ece"])})
     cols_a = ["observations", "model", "posterior", "posterior_lo", "posterior_hi", "log_posterior", "log_posterior_lo",
               "log_posterior_hi", "n_counted", "n_excluded_ood", "pass_rate"]
     write_table(pd.concat(aggregates, ignore_index=True) if aggregates else pd.DataFrame(columns=cols_a),
