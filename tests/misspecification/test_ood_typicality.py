@@ -88,3 +88,17 @@ def test_knn_distance_flags_points_far_from_every_reference_cluster():
     assert (knn.score(outside) > thr).mean() > 0.9
     # batched and unbatched agree
     np.testing.assert_allclose(knn.score(outside, batch=7), knn.score(outside, batch=4096), rtol=1e-5)
+
+
+def test_gen_score_is_largest_for_flat_posteriors_and_nan_is_flagged():
+    from simobs.misspecification.ood import flag_ood, gen_score, ood_threshold
+
+    z = np.array([[10.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    g = gen_score(z)
+    assert g[0] < g[1] < g[2]  # confident < uncertain < flat
+    p = np.full(3, 1 / 3)
+    assert g[2] == pytest.approx(3 * (p[0] ** 0.1 * (1 - p[0]) ** 0.1))
+    assert gen_score(z, n_top=1)[0] < gen_score(z)[0]
+    assert flag_ood(np.array([0.1, np.nan, np.inf]), 0.5).tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ood_threshold(np.array([0.1, np.nan]), 0.95)
