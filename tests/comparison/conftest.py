@@ -37,12 +37,14 @@ def make_universe(seed: int = 0, n_galaxies: int = 60, n_proj: int = 3, n_obs: i
         proj = np.tile(np.arange(n_proj), n_galaxies)
         ids = np.array([f"{g}_p{p}" for g, p in zip(gal, proj)], dtype=object)
         recon = rng.gamma(4.0, 0.01 * (1 + k), size=len(emb))
-        sets.append(EmbeddingSet(name, "simulation", emb, recon, -recon * 100, ids, gal, proj))
+        sets.append(EmbeddingSet(name, "simulation", emb, recon, recon * 100, ids, gal, proj))
     # an observed galaxy is seen once: its projection noise is drawn like a simulated one
     obs = (means[obs_model] + rng.normal(size=(n_obs, D)) + 0.3 * rng.normal(size=(n_obs, D))).astype(np.float32)
     ids = np.array([f"o{i:04d}" for i in range(n_obs)], dtype=object)
     recon = rng.gamma(4.0, 0.01, size=n_obs)
-    sets.append(EmbeddingSet("obs", "observation", obs, recon, -recon * 100, ids, ids, np.full(n_obs, -1)))
+    # the VAE trained on 90 % of the observed images and validated on the rest
+    vae_split = np.where(rng.random(n_obs) < 0.9, "train", "validation").astype(object)
+    sets.append(EmbeddingSet("obs", "observation", obs, recon, recon * 100, ids, ids, np.full(n_obs, -1), vae_split))
     return sets
 
 
@@ -52,7 +54,8 @@ def write_embedding_file(s: EmbeddingSet, path: Path) -> Path:
     with h5py.File(path, "w") as f:
         f["embedding"] = s.embedding
         f["recon_error"] = s.recon_error.astype(np.float32)
-        f["elbo"] = s.elbo.astype(np.float32)
+        f["typicality_loss"] = s.typicality_loss.astype(np.float32)
+        f.create_dataset("vae_split", data=np.asarray(s.vae_split).astype(str).tolist(), dtype=str_t)
         f.create_dataset("ids", data=s.ids.astype(str).tolist(), dtype=str_t)
         f.create_dataset("galaxy_ids", data=s.galaxy_ids.astype(str).tolist(), dtype=str_t)
         f["projection_ids"] = s.projection_ids.astype(np.int32)

@@ -64,3 +64,37 @@ def test_bad_inputs_raise():
         expected_calibration_error(np.ones((2, 2)) / 2, np.array([0, 2]))
     with pytest.raises(ValueError, match="temperature"):
         apply_temperature(np.zeros((1, 2)), 0.0)
+
+
+def _exact_equal_prior_posterior(counts=(100000, 10000, 10000), seed=0):
+    """1-D Gaussian models N(mu_k, 1) with imbalanced counts; logits log p(x | M_k) are the
+    exact posterior under *equal* priors (what a balanced-weight classifier estimates)."""
+    rng = np.random.default_rng(seed)
+    mu = np.array([0.0, 1.5, 3.0])
+    y = np.repeat(np.arange(3), counts)
+    x = mu[y] + rng.normal(size=len(y))
+    return -0.5 * (x[:, None] - mu[None, :]) ** 2, y
+
+
+def test_imbalanced_split_calibration_is_judged_under_equal_priors():
+    """Issue #13 defect 1: with counts 10:1:1 the exact equal-prior posterior looks
+    miscalibrated (ECE ~0.19) and would be sharpened (T ~0.86) when the split is used
+    unweighted; with the balanced weights the training uses it is calibrated (ECE ~0, T ~1)."""
+    from simobs.comparison.splits import balanced_class_weights
+
+    z, y = _exact_equal_prior_posterior()
+    w = balanced_class_weights(y, 3)
+    p = softmax(z, 1)
+    assert expected_calibration_error(p, y) > 0.1  # the defect, measured unweighted
+    assert fit_temperature(z, y) < 0.92
+    assert expected_calibration_error(p, y, weights=w) < 0.01
+    assert fit_temperature(z, y, weights=w) == pytest.approx(1.0, abs=0.03)
+    rep = calibration_report(z, y, 15, weights=w)
+    assert rep.ece < 0.01 and np.all(rep.classwise_ece < 0.015)
+
+
+def test_calibration_rejects_non_finite_logits():
+    z, y = _exact_equal_prior_posterior((50, 50, 50))
+    z[7, 1] = np.nan
+    with pytest.raises(ValueError, match="row 7"):
+        calibration_report(z, y)

@@ -11,6 +11,7 @@ import torch
 
 from conftest import make_universe, write_embedding_file
 from simobs.comparison.stages import run_model_posterior, run_projection, run_train_classifier
+from simobs.misspecification.ood_stage import run_ood_scores
 from simobs.misspecification.stage import run_misspecification
 
 torch.set_num_threads(1)
@@ -19,7 +20,8 @@ CLASSIFIER = {"backend": "xgboost", "xgboost": {"n_estimators": 80, "max_depth":
               "shap": {"n_top": 3, "max_samples": 200}}
 OOD = {"score": "energy", "tpr": 0.95}
 MISSPEC = {"ood": OOD, "typicality": {"statistic": "recon_error", "quantile": 0.99},
-           "mmd": {"alpha": 0.05, "n_permutations": 200, "max_samples": 300}, "gallery": {"n_images": 6}}
+           "mmd": {"alpha": 0.05, "n_permutations": 200, "max_samples": 300, "power_replicates": 4,
+                   "power_permutations": 100, "false_alarm_replicates": 20}, "gallery": {"n_images": 6}}
 
 
 def _write_universe(tmp_path, sets):
@@ -34,8 +36,8 @@ def _write_universe(tmp_path, sets):
     return emb, data
 
 
-def _run_all(tmp_path, obs_model, seed):
-    sets = make_universe(seed=seed, n_galaxies=80, n_proj=3, n_obs=500, obs_model=obs_model)
+def _run_all(tmp_path, obs_model, seed, sets=None):
+    sets = sets or make_universe(seed=seed, n_galaxies=80, n_proj=3, n_obs=500, obs_model=obs_model)
     emb, data = _write_universe(tmp_path, sets)
     out = {k: tmp_path / "classifier" / v for k, v in {
         "model": "classifier.json", "predictions": "predictions.csv", "metrics": "metrics.json", "shap": "shap.csv",
@@ -44,13 +46,19 @@ def _run_all(tmp_path, obs_model, seed):
     trained = run_train_classifier(emb, out, CLASSIFIER, seed=0)
     post_out = {k: tmp_path / "posterior" / v for k, v in {
         "per_galaxy": "per_galaxy.csv", "aggregate": "aggregate.csv", "bayes_factors": "bayes_factors.csv",
-        "figure_bars": "bars.png", "figure_per_galaxy": "per_galaxy.png"}.items()}
-    post = run_model_posterior(emb, out["model"], out["predictions"], post_out, {"n_bootstrap": 200}, OOD, seed=0)
+        "figure_bars": "bars.png", "figure_per_galaxy": "per_galaxy.png",
+        "survey_calibration": "surveys.csv"}.items()}
+    ood_out = {"scores": tmp_path / "ood" / "scores.csv", "thresholds": tmp_path / "ood" / "thresholds.csv"}
+    run_ood_scores(emb, out["model"], out["predictions"], ood_out, OOD, seed=0)
+    post = run_model_posterior([p for p in emb if "obs" in p.name], out["model"], out["predictions"],
+                               ood_out["scores"], ood_out["thresholds"], post_out,
+                               {"n_bootstrap": 200, "survey_calibration": {"n_surveys": 50, "survey_size": 40,
+                                                                         "n_bootstrap": 50}}, OOD, seed=0)
     mis_out = {k: tmp_path / "misspecification" / v for k, v in {
         "scores": "scores.csv", "summary": "summary.csv", "mmd": "mmd.csv", "verdict": "verdict.json",
         "figure_energy": "energy.png", "figure_max_softmax": "msp.png", "figure_typicality": "typ.png",
         "figure_mmd": "mmd.png", "gallery_observed": "gal_obs.png", "gallery_simulated": "gal_sim.png"}.items()}
-    mis = run_misspecification(emb, out["model"], out["predictions"], data, mis_out, MISSPEC, seed=0)
+    mis = run_misspecification(emb, ood_out["scores"], ood_out["thresholds"], data, mis_out, MISSPEC, seed=0)
     for p in [*out.values(), *post_out.values(), *mis_out.values()]:
         assert p.exists() and p.stat().st_size > 0, p
     return trained, post, mis, post_out, mis_out
@@ -71,6 +79,21 @@ def test_well_specified_universe(tmp_path):
     assert abs(verdict["flagged_fraction"] - 0.05) < 0.05  # within a few points of nominal
     per = pd.read_csv(post_out["per_galaxy"])
     assert len(per) == 500 and np.allclose(per.filter(regex="^p_").sum(axis=1), 1.0)
+    # issue #13 defect 3: simulation rows count held-out images only (training images scored
+    # against themselves sit below nominal: ~0.02 with them, against the nominal 0.05)
+    summary = pd.read_csv(mis_out["summary"])
+    sims = summary[summary.kind == "simulation"]
+    pred = pd.read_csv(mis_out["scores"].parent.parent / "classifier" / "predictions.csv")
+    held = pred[pred.split.isin(["validation", "test"])].groupby("source").size()
+    assert (sims.set_index("source")["n_ood_sample"] == held.reindex(sims.source)).all()
+    for m in ("knn", "energy", "max_softmax", "gen"):
+        assert sims[f"flagged_fraction_{m}"].mean() == pytest.approx(0.05, abs=0.01), m
+    # defect 5: every test reports its power; m2's non-rejection is conclusive here
+    assert (mmd["power_nearest_other_model"] > 0.8).all() and (mmd["false_alarm_rate"] <= 0.25).all()
+    assert verdict["inconclusive_simulations"] == []
+    assert verdict["misspecified_rate_on_observed_surveys"] <= 0.2  # sub-surveys of a well-specified sample
+    surveys = pd.read_csv(post_out["survey_calibration"]).set_index("survey_of")
+    assert surveys.loc["all", "win_rate"] > 0.9 and surveys.loc["all", "aggregate_ece"] < 0.1
 
 
 def test_misspecified_universe(tmp_path):
@@ -80,8 +103,28 @@ def test_misspecified_universe(tmp_path):
     verdict = json.loads(mis_out["verdict"].read_text())["obs"]
     assert verdict["misspecified"] and "No simulation is consistent" in verdict["statement"]
     assert verdict["flagged_fraction"] > 0.2  # clearly above the nominal 5 %
+    assert verdict["misspecified_rate_on_observed_surveys"] >= 0.8  # the verdict's power on sub-surveys
     agg = pd.read_csv(post_out["aggregate"])
     assert (agg["n_excluded_ood"] > 0).all()
+
+
+def test_typical_set_from_the_images_the_vae_did_not_train_on(tmp_path):
+    """Issue #13 defect 4: the VAE reconstructs its training images better than unseen ones.
+    m0's images are distributed like the *unseen* observed ones, so a correct boundary
+    flags ~1 % of them; one from all observed images (90 % training images, errors 30 %
+    lower) would flag ~5 % (measured on this universe with the old code's boundary)."""
+    sets = make_universe(seed=5, n_galaxies=150, n_proj=2, n_obs=4000, obs_model=0)
+    obs = sets[-1]
+    rng = np.random.default_rng(0)
+    obs.recon_error = rng.gamma(4.0, 0.01, size=len(obs))  # m0's distribution for unseen images
+    seen = np.asarray(obs.vae_split) == "train"
+    obs.recon_error[seen] *= 0.7  # the generalisation gap
+    _, _, mis, _, mis_out = _run_all(tmp_path, 0, 5, sets)
+    summary = pd.read_csv(mis_out["summary"]).set_index("source")
+    assert summary.loc["m0", "atypical_fraction"] < 0.03
+    old_boundary = np.quantile(obs.recon_error, 0.99)  # what the old code used
+    assert np.mean(sets[0].recon_error > old_boundary) > 0.035
+    assert summary.loc["obs", "recon_error_gap_unseen_minus_train"] > 0
 
 
 def test_model_prior_must_name_every_model(tmp_path):
@@ -91,7 +134,8 @@ def test_model_prior_must_name_every_model(tmp_path):
            "reliability": "r.png", "confusion": "c.png", "shap_figure": "sh.png", "traversals": "t.png"}.items()}
     run_train_classifier(emb, out, {**CLASSIFIER, "xgboost": {"n_estimators": 5, "n_threads": 1}})
     with pytest.raises(ValueError, match="lacks a weight"):
-        run_model_posterior(emb, out["model"], out["predictions"], {}, {"prior": {"m0": 1.0}}, OOD)
+        run_model_posterior(emb, out["model"], out["predictions"], tmp_path / "scores.csv", tmp_path / "thr.csv", {},
+                            {"prior": {"m0": 1.0}}, OOD)
 
 
 @pytest.mark.slow

@@ -38,10 +38,12 @@ def test_typical_set_directions():
     thr = typical_set_threshold(obs, "recon_error", 0.99)
     assert atypical_fraction(obs, thr, "recon_error") == pytest.approx(0.01, abs=0.002)
     assert atypical_fraction(obs * 3, thr, "recon_error") > 0.5
-    elbo = -obs * 100
-    thr_e = typical_set_threshold(elbo, "elbo", 0.99)
-    assert atypical_fraction(elbo, thr_e, "elbo") == pytest.approx(0.01, abs=0.002)
-    assert atypical_fraction(elbo - 10, thr_e, "elbo") > 0.5
+    loss = obs * 100  # typicality_loss: lower = more typical, like the reconstruction error
+    thr_e = typical_set_threshold(loss, "typicality_loss", 0.99)
+    assert atypical_fraction(loss, thr_e, "typicality_loss") == pytest.approx(0.01, abs=0.002)
+    assert atypical_fraction(loss + 10, thr_e, "typicality_loss") > 0.5
+    with pytest.raises(ValueError, match="statistic"):
+        typical_set_threshold(obs, "elbo")  # renamed: not a bound
     assert atypical_mask(np.array([np.nan]), thr, "recon_error")[0]  # a failed reconstruction is atypical
     with pytest.raises(ValueError, match="statistic"):
         typical_set_threshold(obs, "kl")
@@ -86,3 +88,17 @@ def test_knn_distance_flags_points_far_from_every_reference_cluster():
     assert (knn.score(outside) > thr).mean() > 0.9
     # batched and unbatched agree
     np.testing.assert_allclose(knn.score(outside, batch=7), knn.score(outside, batch=4096), rtol=1e-5)
+
+
+def test_gen_score_is_largest_for_flat_posteriors_and_nan_is_flagged():
+    from simobs.misspecification.ood import flag_ood, gen_score, ood_threshold
+
+    z = np.array([[10.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    g = gen_score(z)
+    assert g[0] < g[1] < g[2]  # confident < uncertain < flat
+    p = np.full(3, 1 / 3)
+    assert g[2] == pytest.approx(3 * (p[0] ** 0.1 * (1 - p[0]) ** 0.1))
+    assert gen_score(z, n_top=1)[0] < gen_score(z)[0]
+    assert flag_ood(np.array([0.1, np.nan, np.inf]), 0.5).tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        ood_threshold(np.array([0.1, np.nan]), 0.95)

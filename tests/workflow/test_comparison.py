@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import TINY_CONFIG, copy_study, run_snakemake
 
+IMBALANCED_CONFIG = Path(__file__).resolve().parents[1] / "data" / "imbalanced.yaml"
+
 REPO = Path(__file__).resolve().parents[2]
 TARGETS = ["results/projection/umap.csv", "results/model_posterior/aggregate.csv",
            "results/misspecification/summary.csv", "results/classifier/metrics.json"]
@@ -38,6 +40,46 @@ def misspecified(tiny_study, tmp_path_factory):
     res = run_snakemake(workdir, *TARGETS, configfiles=(TINY_CONFIG, extra))
     assert res.returncode == 0, res.output[-4000:]
     return workdir / "results"
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tiny_study, tmp_path_factory):
+    """A copy of the tiny study with imbalanced models (tests/data/imbalanced.yaml):
+    fiducial, the observations' model, has 10x the galaxies of compact; extended has many
+    projections of few galaxies.  Simulations are regenerated, re-embedded and compared;
+    the VAE and the observations are reused."""
+    workdir = copy_study(tiny_study.workdir, tmp_path_factory.mktemp("imbalanced") / "study")
+    res = run_snakemake(workdir, *TARGETS, configfiles=(TINY_CONFIG, IMBALANCED_CONFIG))
+    assert res.returncode == 0, res.output[-4000:]
+    return workdir / "results"
+
+
+def test_imbalanced_models_reach_the_balanced_conclusion(imbalanced):
+    """Issue #13: the same conclusion as the balanced tiny study, with the fixed behaviour
+    visible in numbers (defects 1-3; exact versions in tests/comparison and tests/misspecification)."""
+    agg = pd.read_csv(imbalanced / "model_posterior/aggregate.csv").set_index("model")
+    assert agg.loc["fiducial", "posterior"] >= 0.99
+    pred = pd.read_csv(imbalanced / "classifier/heldout_predictions.csv")
+    counts = pred.groupby("source").galaxy_id.nunique()
+    assert counts["fiducial"] >= 10 * counts["compact"]  # the imbalance is real
+    m = json.loads((imbalanced / "classifier/metrics.json").read_text())
+    assert m["test_ece"] < 0.15  # judged under equal priors (defect 1)
+    # defect 2: per-model pass rates of the balanced reference, stated beside the aggregate
+    assert agg["pass_rate"].between(0.8, 1.0).all()
+    # defect 3: simulation rows count held-out images only, so they sit at nominal on average
+    summary = pd.read_csv(imbalanced / "misspecification/summary.csv")
+    sims = summary[summary.kind == "simulation"]
+    assert (sims.ood_sample == "held-out").all()
+    assert abs(sims.flagged_fraction_knn.mean() - 0.05) < 0.04
+    verdict = next(iter(json.loads((imbalanced / "misspecification/verdict.json").read_text()).values()))
+    assert not verdict["misspecified"]
+
+
+@pytest.mark.xfail(reason="measured 2026-12-03: with imbalanced models the MMD test rejects fiducial (300 galaxies, "
+                          "one view) and keeps only extended (16 galaxies, low power); not yet understood", strict=False)
+def test_imbalanced_verdict_keeps_the_right_model(imbalanced):
+    verdict = next(iter(json.loads((imbalanced / "misspecification/verdict.json").read_text()).values()))
+    assert "fiducial" in verdict["consistent_simulations"]
 
 
 def test_classifier_calibrated_on_held_out_simulations(well_specified):

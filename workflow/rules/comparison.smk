@@ -103,7 +103,7 @@ rule train_classifier:
         "../scripts/train_classifier.py"
 
 
-rule model_posterior:
+rule ood_scores:
     input:
         # the simulations' embeddings are the reference of the OOD check
         embeddings=expand("results/embeddings/{source}.h5", source=SOURCES),
@@ -112,7 +112,41 @@ rule model_posterior:
         predictions="results/classifier/heldout_predictions.csv",
         classifier_run="results/classifier/train_classifier.run_id",
     output:
+        # one scoring of every image, read by model_posterior and misspecification alike
+        scores="results/ood/scores.csv",
+        thresholds="results/ood/thresholds.csv",
+        run_id="results/ood/ood_scores.run_id",
+    log:
+        "results/logs/ood_scores.log",
+    benchmark:
+        "results/benchmarks/ood_scores.tsv"
+    params:
+        settings=config["misspecification"]["ood"],
+        seed=config["seed"] + config["misspecification"]["seed"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CPU_ENV
+    script:
+        "../scripts/ood_scores.py"
+
+
+rule model_posterior:
+    input:
+        embeddings=expand("results/embeddings/{source}.h5", source=OBSERVATIONS),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=OBSERVATIONS),
+        classifier="results/classifier/classifier.json",
+        classifier_run="results/classifier/train_classifier.run_id",
+        # held-out simulated galaxies: the synthetic surveys of the survey-level calibration
+        predictions="results/classifier/heldout_predictions.csv",
+        ood_scores="results/ood/scores.csv",
+        ood_thresholds="results/ood/thresholds.csv",
+        ood_run="results/ood/ood_scores.run_id",
+    output:
         per_galaxy="results/model_posterior/per_galaxy.csv",
+        survey_calibration="results/model_posterior/survey_calibration.csv",
         aggregate="results/model_posterior/aggregate.csv",
         bayes_factors="results/model_posterior/bayes_factors.csv",
         figure_bars=report(
@@ -132,7 +166,7 @@ rule model_posterior:
         "results/logs/model_posterior.log",
     params:
         settings=config["model_posterior"],
-        # the OOD check that decides which galaxies count is the misspecification stage's
+        # which score decides the galaxies that count: the misspecification stage's
         ood=config["misspecification"]["ood"],
         seed=config["seed"] + config["model_posterior"]["seed"],
     threads: 1
@@ -150,9 +184,9 @@ rule misspecification:
         embeddings=expand("results/embeddings/{source}.h5", source=SOURCES),
         embedding_runs=expand("results/embeddings/{source}.run_id", source=SOURCES),
         datasets=expand("results/datasets/{source}.h5", source=SOURCES),
-        classifier="results/classifier/classifier.json",
-        predictions="results/classifier/heldout_predictions.csv",
-        classifier_run="results/classifier/train_classifier.run_id",
+        ood_scores="results/ood/scores.csv",
+        ood_thresholds="results/ood/thresholds.csv",
+        ood_run="results/ood/ood_scores.run_id",
     output:
         scores="results/misspecification/scores.csv",
         summary="results/misspecification/summary.csv",

@@ -7,8 +7,8 @@ with job_run(snakemake) as run:
     datasets = dict(zip(snakemake.params.sources, snakemake.input.datasets))
     result = run_misspecification(
         list(snakemake.input.embeddings),
-        snakemake.input.classifier,
-        snakemake.input.predictions,
+        snakemake.input.ood_scores,
+        snakemake.input.ood_thresholds,
         datasets,
         dict(snakemake.output.items()),
         snakemake.params.settings,

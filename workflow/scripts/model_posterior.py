@@ -8,13 +8,15 @@ with job_run(snakemake) as run:
         list(snakemake.input.embeddings),
         snakemake.input.classifier,
         snakemake.input.predictions,
+        snakemake.input.ood_scores,
+        snakemake.input.ood_thresholds,
         dict(snakemake.output.items()),
         snakemake.params.settings,
         snakemake.params.ood,
         seed=snakemake.params.seed,
     )
     run.log_metrics(result.metrics)
-    for name in ("aggregate", "bayes_factors", "per_galaxy"):
+    for name in ("aggregate", "bayes_factors", "per_galaxy", "survey_calibration"):
         run.log_artifact(snakemake.output[name], "tables")
     for fig in result.figures:
         run.log_artifact(fig, "figures")

@@ -5,7 +5,9 @@ Modules: ``embeddings`` (reading the embed stage's files), ``splits`` (grouped s
 class weights), ``classifier`` (XGBoost / MLP backends), ``calibration`` (ECE,
 temperature scaling), ``training`` (the train_classifier stage logic), ``attribution``
 (SHAP summaries), ``posterior`` (posterior model probabilities, Bayes factors,
-bootstrap), ``projection`` (UMAP), ``plots`` and ``stages`` (rule entry points).
+bootstrap, the OOD selection term), ``selection`` (reading the OOD tables),
+``survey_calibration`` (synthetic surveys), ``projection`` (UMAP), ``plots`` and
+``stages`` (rule entry points).
 """
 
 from simobs.comparison.calibration import expected_calibration_error, fit_temperature

@@ -8,7 +8,16 @@ and repairs it with temperature scaling (Guo et al. 2017), which rescales all lo
 by one scalar and so never changes the predicted model, only the confidence.
 
 Shapes: ``logits`` and ``probs`` are (N, K) for N galaxies and K models; ``labels``
-are integer model indices (N,) in ``[0, K)``.
+are integer model indices (N,) in ``[0, K)``; optional ``weights`` (N,) are per-galaxy
+weights.
+
+Which prior?  The classifier trains with balanced class weights, so its softmax is the
+posterior under *equal* model priors.  A held-out split with 10:1:1 galaxies per model
+is a sample under the prior 10:1:1, against which even the exact equal-prior posterior
+looks miscalibrated (ECE 0.19) and a temperature fit sharpens it.  Every metric here
+therefore takes the same balanced weights as the training (each model's galaxies carry
+equal total weight): evaluated so, calibration is judged against the prior the
+classifier estimates under.
 """
 
 from __future__ import annotations
@@ -36,6 +45,16 @@ __all__ = [
 ]
 
 
+def _weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    """(n,) non-negative finite weights; ``None`` gives ones."""
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"calibration weights must be ({n},) finite and >= 0, got shape {w.shape}")
+    return w
+
+
 def _check(probs_or_logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(probs_or_logits, dtype=np.float64)
     y = np.asarray(labels)
@@ -43,21 +62,25 @@ def _check(probs_or_logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
         raise ValueError(f"expected a (N, K) array of probabilities or logits, got shape {x.shape}")
     if y.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape ({x.shape[0]},) to match the (N, K) array, got {y.shape}")
+    if not np.all(np.isfinite(x)):
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise ValueError(f"{len(bad)} row(s) of the (N, K) array are NaN or infinite (first: row {bad[0]}); "
+                         "the classifier produced non-finite output for these galaxies")
     if y.size and (y.min() < 0 or y.max() >= x.shape[1]):
         raise ValueError(f"labels must lie in [0, {x.shape[1]}), got range [{y.min()}, {y.max()}]")
     return x, y.astype(np.int64)
 
 
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of galaxies whose most probable model is the true one."""
+def accuracy(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """(Weighted) fraction of galaxies whose most probable model is the true one."""
     p, y = _check(probs, labels)
-    return float(np.mean(p.argmax(axis=1) == y))
+    return float(np.average(p.argmax(axis=1) == y, weights=_weights(weights, len(y))))
 
 
-def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood (nats) of the true model under softmax(logits)."""
+def log_loss(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """(Weighted) mean negative log-likelihood (nats) of the true model under softmax(logits)."""
     z, y = _check(logits, labels)
-    return float(-np.mean(log_softmax(z, axis=1)[np.arange(len(y)), y]))
+    return float(-np.average(log_softmax(z, axis=1)[np.arange(len(y)), y], weights=_weights(weights, len(y))))
 
 
 def confusion_matrix(probs: np.ndarray, labels: np.ndarray, normalise: bool = True) -> np.ndarray:
@@ -76,21 +99,25 @@ def confusion_matrix(probs: np.ndarray, labels: np.ndarray, normalise: bool = Tr
     return cm
 
 
-def _binned_gap(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[float, pd.DataFrame]:
-    """Equal-width binning of confidences in [0, 1]; returns the ECE and the per-bin table."""
+def _binned_gap(confidence: np.ndarray, correct: np.ndarray, n_bins: int,
+                weights: np.ndarray | None = None) -> tuple[float, pd.DataFrame]:
+    """Equal-width binning of confidences in [0, 1]; returns the (weighted) ECE and the
+    per-bin table (``count`` is the number of galaxies, the means are weighted)."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # right-closed bins so that confidence 1.0 falls in the last bin
     idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    w = _weights(weights, len(confidence))
     count = np.bincount(idx, minlength=n_bins).astype(np.float64)
-    conf_sum = np.bincount(idx, weights=confidence, minlength=n_bins)
-    acc_sum = np.bincount(idx, weights=correct.astype(np.float64), minlength=n_bins)
+    w_sum = np.bincount(idx, weights=w, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=w * confidence, minlength=n_bins)
+    acc_sum = np.bincount(idx, weights=w * correct.astype(np.float64), minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = conf_sum / count
-        frac = acc_sum / count
-    n = max(len(confidence), 1)
-    ece = float(np.nansum(count / n * np.abs(frac - mean_conf)))
+        mean_conf = conf_sum / w_sum
+        frac = acc_sum / w_sum
+    total = max(float(w.sum()), 1e-300)
+    ece = float(np.nansum(w_sum / total * np.abs(frac - mean_conf)))
     table = pd.DataFrame(
         {"bin_lower": edges[:-1], "bin_upper": edges[1:], "count": count.astype(np.int64),
          "mean_confidence": mean_conf, "observed_frequency": frac}
@@ -98,19 +125,22 @@ def _binned_gap(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> tup
     return ece, table
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15,
+                               weights: np.ndarray | None = None) -> float:
     """Top-label expected calibration error (Guo et al. 2017).
 
     ECE = sum_b (n_b / N) |accuracy_b - confidence_b| over equal-width confidence bins
     of the most probable model.  0 is perfect; a value of 0.05 means the confidence is
-    off by 5 percentage points on average.
+    off by 5 percentage points on average.  With ``weights`` (N,) the bin counts,
+    accuracies and confidences are weighted (balanced weights: calibration under equal priors).
     """
     p, y = _check(probs, labels)
-    ece, _ = _binned_gap(p.max(axis=1), p.argmax(axis=1) == y, n_bins)
+    ece, _ = _binned_gap(p.max(axis=1), p.argmax(axis=1) == y, n_bins, weights)
     return ece
 
 
-def classwise_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> np.ndarray:
+def classwise_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15,
+                                weights: np.ndarray | None = None) -> np.ndarray:
     """One-vs-rest ECE per model (K,), the per-model calibration BayesFlow reports.
 
     For model k, bins the predicted p(M_k | x) of *all* galaxies and compares it with the
@@ -118,10 +148,11 @@ def classwise_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: i
     visible even when the top-label ECE averages it away.
     """
     p, y = _check(probs, labels)
-    return np.array([_binned_gap(p[:, k], y == k, n_bins)[0] for k in range(p.shape[1])])
+    return np.array([_binned_gap(p[:, k], y == k, n_bins, weights)[0] for k in range(p.shape[1])])
 
 
-def reliability_curve(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
+def reliability_curve(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15,
+                      weights: np.ndarray | None = None) -> pd.DataFrame:
     """Per-bin table of the top-label reliability diagram.
 
     Returns:
@@ -129,11 +160,12 @@ def reliability_curve(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -
         ``mean_confidence`` and ``observed_frequency`` (accuracy in the bin; NaN where empty).
     """
     p, y = _check(probs, labels)
-    return _binned_gap(p.max(axis=1), p.argmax(axis=1) == y, n_bins)[1]
+    return _binned_gap(p.max(axis=1), p.argmax(axis=1) == y, n_bins, weights)[1]
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Temperature T minimising the log loss of softmax(logits / T) on a validation set.
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0),
+                    weights: np.ndarray | None = None) -> float:
+    """Temperature T minimising the (weighted) log loss of softmax(logits / T) on a validation set.
 
     The search runs over log T (the loss is smooth and unimodal in it for practical
     cases) with a bounded scalar minimiser.  Fit T on a split the classifier was not
@@ -146,9 +178,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     if len(y) == 0:
         raise ValueError("cannot fit a temperature on an empty validation set")
     rows = np.arange(len(y))
+    w = _weights(weights, len(y))
 
     def nll(log_t: float) -> float:
-        return float(-np.mean(log_softmax(z / np.exp(log_t), axis=1)[rows, y]))
+        return float(-np.average(log_softmax(z / np.exp(log_t), axis=1)[rows, y], weights=w))
 
     res = minimize_scalar(nll, bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-5})
@@ -181,15 +214,20 @@ class CalibrationReport:
         return out
 
 
-def calibration_report(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> CalibrationReport:
-    """All calibration diagnostics of softmax(logits) against the true labels."""
+def calibration_report(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15,
+                       weights: np.ndarray | None = None) -> CalibrationReport:
+    """All calibration diagnostics of softmax(logits) against the true labels.
+
+    ``weights`` (N,): per-galaxy weights of every metric (the confusion matrix is row
+    normalised, so per-class weights do not change it).
+    """
     z, y = _check(logits, labels)
     p = softmax(z, axis=1)
     return CalibrationReport(
-        accuracy=accuracy(p, y),
-        log_loss=log_loss(z, y),
-        ece=expected_calibration_error(p, y, n_bins),
-        classwise_ece=classwise_calibration_error(p, y, n_bins),
+        accuracy=accuracy(p, y, weights),
+        log_loss=log_loss(z, y, weights),
+        ece=expected_calibration_error(p, y, n_bins, weights),
+        classwise_ece=classwise_calibration_error(p, y, n_bins, weights),
         confusion=confusion_matrix(p, y),
-        reliability=reliability_curve(p, y, n_bins),
+        reliability=reliability_curve(p, y, n_bins, weights),
     )

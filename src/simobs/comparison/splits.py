@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "grouped_split", "balanced_class_weights"]
+__all__ = ["Split", "grouped_split", "balanced_class_weights", "HELD_OUT_SPLITS"]
+
+HELD_OUT_SPLITS = ("validation", "test")  # splits the classifier's trees never saw
 
 
 @dataclass(frozen=True)

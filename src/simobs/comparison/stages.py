@@ -7,10 +7,8 @@ log to MLflow.  Output names are the keys of the rule's ``output:`` block.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +19,25 @@ import pandas as pd
 from simobs.comparison import plots
 from simobs.comparison.attribution import mean_abs_attributions, top_latent_features
 from simobs.comparison.classifier import load_classifier
-from simobs.comparison.embeddings import EmbeddingSet, read_embeddings
+from simobs.comparison.embeddings import read_embedding_sets
 from simobs.comparison.posterior import bootstrap_aggregate, normalise_prior, posterior_model_probabilities
 from simobs.comparison.projection import ProjectionSettings, project_embeddings
+from simobs.comparison.selection import held_out_pass, observed_flags
+from simobs.comparison.splits import HELD_OUT_SPLITS
+from simobs.comparison.survey_calibration import survey_calibration
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
-from simobs.io import atomic_path
+from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
-__all__ = ["StageOutput", "save_figure", "write_table", "run_projection", "run_train_classifier", "run_model_posterior"]
+__all__ = ["run_projection", "run_train_classifier", "run_model_posterior"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StageOutput:
-    """What a stage hands to its script for MLflow: metrics, tables and written figures."""
-
-    metrics: dict[str, float] = field(default_factory=dict)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    figures: list[Path] = field(default_factory=list)
-
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 130) -> Path:
-    """Save and close a figure atomically."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    return Path(path)
-
-
-def write_table(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write a CSV table atomically (floats with full precision)."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-    return Path(path)
-
-
-def _write_json(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
-
-
-def _read_all(paths: Sequence[str | Path]) -> list[EmbeddingSet]:
-    sets = [read_embeddings(p) for p in paths]
-    names = [s.source for s in sets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate source names among the embedding files: {names}")
-    return sets
 
 
 # -- project ------------------------------------------------------------------------------
 def run_projection(embedding_paths: Sequence[str | Path], outputs: Mapping[str, str | Path],
                    settings: Mapping[str, Any] | None) -> StageOutput:
     """UMAP of all sources; outputs ``table``, ``figure_all``, ``figure_panels``."""
-    sets = _read_all(embedding_paths)
+    sets = read_embedding_sets(embedding_paths)
     table = project_embeddings(sets, ProjectionSettings.from_mapping(settings))
     write_table(table, outputs["table"])
     figs = [save_figure(plots.plot_projection(table), outputs["figure_all"]),
@@ -119,7 +83,7 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     ``reliability``, ``confusion``, ``shap_figure``, ``traversals`` (a placeholder figure
     when no embedding model is given).
     """
-    sets = _read_all(embedding_paths)
+    sets = read_embedding_sets(embedding_paths)
     s = dict(settings)
     split = s.get("split", {})
     fractions = (split.get("train", 0.7), split.get("validation", 0.15), split.get("test", 0.15))
@@ -131,7 +95,7 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     clf.save(outputs["model"])
     write_table(res.predictions, outputs["predictions"])
     metrics = res.metrics()
-    _write_json({**metrics, "class_names": clf.class_names, "confusion": res.report.confusion.tolist()},
+    write_json({**metrics, "class_names": clf.class_names, "confusion": res.report.confusion.tolist()},
                 outputs["metrics"])
 
     # SHAP on held-out galaxies (never on the training split: importance of what generalises)
@@ -169,21 +133,22 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
 
 # -- model_posterior ----------------------------------------------------------------------
 def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: str | Path,
-                        predictions_path: str | Path, outputs: Mapping[str, str | Path],
-                        settings: Mapping[str, Any], ood_settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
+                        predictions_path: str | Path, ood_scores_path: str | Path, ood_thresholds_path: str | Path,
+                        outputs: Mapping[str, str | Path], settings: Mapping[str, Any],
+                        ood_settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
     """Posterior model probabilities per observed galaxy and for each observed sample.
 
-    Galaxies flagged by the logit OOD check (same score, threshold and true-positive rate
-    as the misspecification stage, ``ood_settings``) are excluded from the aggregate
-    (see :mod:`simobs.comparison.posterior` for why); per-galaxy values are reported for all.
+    Galaxies flagged by rule ``ood_scores`` (score ``ood_settings['score']``) are excluded
+    from the aggregate, whose likelihood is truncated accordingly: the selection term
+    -n_kept log P_k(pass), P_k from the held-out simulated images, bootstrapped with them
+    (see :mod:`simobs.comparison.posterior`); per-galaxy values are reported for all.
 
     Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV), ``bayes_factors`` (CSV),
-    figures ``figure_bars`` and ``figure_per_galaxy``.
+    ``survey_calibration`` (CSV, :mod:`simobs.comparison.survey_calibration` on the
+    held-out simulated galaxies of ``predictions_path``), figures ``figure_bars`` and
+    ``figure_per_galaxy``.
     """
-    from simobs.misspecification.scores import OODScorer
-
-    all_sets = _read_all(embedding_paths)
-    sets = [e for e in all_sets if e.is_observation]
+    sets = [e for e in read_embedding_sets(embedding_paths) if e.is_observation]
     if not sets:
         raise ValueError("model_posterior needs at least one observation source among its embedding inputs")
     clf = load_classifier(classifier_path)
@@ -195,24 +160,25 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         if missing:
             raise ValueError(f"model_posterior.prior lacks a weight for {missing}; give one per simulation: {names}")
         prior = normalise_prior([prior_cfg[n] for n in names], len(names))
-    method, tpr = ood_settings.get("score", "knn"), float(ood_settings.get("tpr", 0.95))
-    reference = ood_settings.get("reference", "pooled")
-    predictions = pd.read_csv(predictions_path)
-    # The same scorer and thresholds as the misspecification stage: both flag the same galaxies.
-    scorer = OODScorer(clf, [e for e in all_sets if not e.is_observation], predictions,
-                       knn_k=int(ood_settings.get("knn_k", 10)), knn_components=int(ood_settings.get("knn_components", 128)))
+    method = ood_settings.get("score", "knn")
+    scores = read_table(ood_scores_path, ["source", "kind", "id", "split", method, "ood_flagged"], "OOD scores",
+                        "ood_scores")
+    thresholds = read_table(ood_thresholds_path, ["reference", "score", "threshold"], "OOD thresholds", "ood_scores")
     interval = float(settings.get("interval", 0.68))
     per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {}, []
     for i, e in enumerate(sets):
         z = clf.logits(e.embedding)
-        probs = posterior_model_probabilities(z, prior)
-        threshold = scorer.thresholds(tpr, z, reference)[method]
-        metrics[f"{e.source}_ood_threshold"] = threshold
-        flagged = scorer.scores(e.embedding, z)[method] > threshold
+        finite = np.isfinite(z).all(axis=1)  # a non-finite logit row is flagged, never aggregated
+        flagged = observed_flags(scores, e.source, e.ids) | ~finite
+        passed, labels = held_out_pass(scores, thresholds, e.source, method, names)
+        rates = np.bincount(labels, weights=passed, minlength=len(names)) / np.maximum(np.bincount(labels, minlength=len(names)), 1)
+        metrics.update({f"{e.source}_pass_rate_{n}": float(r) for n, r in zip(names, rates)})
+        probs = np.full(z.shape, np.nan)
+        probs[finite] = posterior_model_probabilities(z[finite], prior)
         t = pd.DataFrame({"source": e.source, "id": e.ids, "ood_flagged": flagged})
         for k, n in enumerate(names):
             t[f"p_{n}"] = probs[:, k]
-        t["map_model"] = np.array(names, dtype=object)[probs.argmax(1)]
+        t["map_model"] = [names[k] if ok else "" for k, ok in zip(np.nan_to_num(probs).argmax(1), finite)]
         per_galaxy.append(t)
         keep = ~flagged
         metrics[f"{e.source}_n_galaxies"] = float(len(e))
@@ -220,10 +186,11 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         if keep.sum() == 0:
             log.warning("%s: every observed galaxy is out of distribution; no aggregate posterior", e.source)
             continue
-        boot = bootstrap_aggregate(z[keep], prior, int(settings.get("n_bootstrap", 1000)), seed)
+        boot = bootstrap_aggregate(z[keep], prior, int(settings.get("n_bootstrap", 1000)), seed, (passed, labels))
         agg = boot.posterior_table(names, interval)
         agg.insert(0, "observations", e.source)
         agg["n_counted"], agg["n_excluded_ood"] = int(keep.sum()), int(flagged.sum())
+        agg["pass_rate"] = rates
         aggregates.append(agg)
         bf = boot.bayes_factor_table(names, interval)
         bf.insert(0, "observations", e.source)
@@ -233,11 +200,22 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         metrics[f"{e.source}_ood_fraction"] = float(flagged.mean())
         sfx = "" if i == 0 else f"_{e.source}"
         figs.append(save_figure(plots.plot_posterior_bars(agg), _suffixed(outputs["figure_bars"], sfx)))
-        figs.append(save_figure(plots.plot_per_galaxy_posteriors(probs, names, flagged),
-                                _suffixed(outputs["figure_per_galaxy"], sfx)))
+        figs.append(save_figure(plots.plot_per_galaxy_posteriors(np.nan_to_num(probs, nan=1.0 / len(names)), names,
+                                                                 flagged), _suffixed(outputs["figure_per_galaxy"], sfx)))
     write_table(pd.concat(per_galaxy, ignore_index=True), outputs["per_galaxy"])
+    pred = read_table(predictions_path, ["source", "galaxy_id", "label", "split"], "classifier predictions",
+                      "train_classifier")
+    held = pred[pred.split.isin(HELD_OUT_SPLITS)]
+    sc = settings.get("survey_calibration", {}) or {}
+    surveys = survey_calibration(held[[f"logit_{n}" for n in names]].to_numpy(), held["label"].to_numpy(),
+                                 (held["source"] + "/" + held["galaxy_id"]).to_numpy(), names,
+                                 int(sc.get("survey_size", 100)), int(sc.get("n_surveys", 200)),
+                                 int(sc.get("n_bootstrap", 100)), interval, seed=seed)
+    write_table(surveys, outputs["survey_calibration"])
+    overall = surveys[surveys.survey_of == "all"].iloc[0]
+    metrics.update({"survey_win_rate": float(overall["win_rate"]), "survey_aggregate_ece": float(overall["aggregate_ece"])})
     cols_a = ["observations", "model", "posterior", "posterior_lo", "posterior_hi", "log_posterior", "log_posterior_lo",
-              "log_posterior_hi", "n_counted", "n_excluded_ood"]
+              "log_posterior_hi", "n_counted", "n_excluded_ood", "pass_rate"]
     write_table(pd.concat(aggregates, ignore_index=True) if aggregates else pd.DataFrame(columns=cols_a),
                 outputs["aggregate"])
     write_table(pd.concat(bfs, ignore_index=True) if bfs else pd.DataFrame(columns=["observations", "model_a", "model_b"]),

@@ -97,14 +97,16 @@ def train_simulation_classifier(
     clf = fit_classifier(x[tr], y[tr], balanced_class_weights(y[tr], len(names)),
                          x[va], y[va], balanced_class_weights(y[va], len(names)), names, settings, seed, on_epoch)
     raw = clf.raw_logits(x)
-    val_ece = expected_calibration_error(softmax(raw[va], axis=1), y[va], n_bins)
-    report_raw = calibration_report(raw[te], y[te], n_bins)
+    # judged under the equal priors the balanced training estimates under (see calibration)
+    w_va, w_te = balanced_class_weights(y[va], len(names)), balanced_class_weights(y[te], len(names))
+    val_ece = expected_calibration_error(softmax(raw[va], axis=1), y[va], n_bins, w_va)
+    report_raw = calibration_report(raw[te], y[te], n_bins, w_te)
     recalibrated = val_ece > max_ece
     if recalibrated:
-        clf.temperature = fit_temperature(raw[va], y[va])
+        clf.temperature = fit_temperature(raw[va], y[va], weights=w_va)
         log.info("validation ECE %.4f > %.4f: temperature scaling, T = %.3f", val_ece, max_ece, clf.temperature)
     cal = raw / clf.temperature
-    report = calibration_report(cal[te], y[te], n_bins)
+    report = calibration_report(cal[te], y[te], n_bins, w_te)
     log.info("test split: accuracy %.3f, ECE %.4f (uncalibrated %.4f)", report.accuracy, report.ece, report_raw.ece)
     probs = softmax(cal, axis=1)
     src = np.array(names, dtype=object)[y]

@@ -1,8 +1,10 @@
 """Misspecification diagnostics: where no simulation resembles the observations.
 
-``ood`` (energy and max-softmax scores, thresholds at a true-positive rate),
-``typicality`` (VAE reconstruction error / ELBO against the observed typical set),
-``mmd`` (kernel two-sample permutation test), ``plots`` and ``stage`` (rule entry point).
+``ood`` (energy, max-softmax and GEN scores, thresholds at a true-positive rate),
+``scores`` (the k-NN score and the scorer of every OOD score), ``ood_stage`` (rule
+``ood_scores``), ``typicality`` (VAE reconstruction error / typicality loss against the
+observed typical set), ``mmd`` (kernel two-sample permutation test), ``verdict`` (its
+power and false-alarm rate), ``plots`` and ``stage`` (rule ``misspecification``).
 """
 
 from simobs.misspecification.mmd import mmd_permutation_test

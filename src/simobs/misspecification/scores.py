@@ -1,11 +1,12 @@
 """Per-galaxy OOD scores against the simulations, and their thresholds, in one place.
 
-Three scores, every one *larger for more atypical* galaxies:
+Four scores, every one *larger for more atypical* galaxies:
 
-* ``energy`` and ``max_softmax``: logit-based (see :mod:`simobs.misspecification.ood`).
+* ``energy``, ``max_softmax`` and ``gen`` (the paper's generalized entropy): logit-based
+  (see :mod:`simobs.misspecification.ood`).
 * ``knn``: mean distance to the k nearest *training* simulated galaxies in the embedding
   space (standardised, PCA-reduced), after Sun et al. (2022, "Out-of-distribution
-  detection with deep nearest neighbors").
+  detection with deep nearest neighbors"), against a reference balanced over models.
 
 Why a third score, and why it is the default for flagging: gradient-boosted trees do not
 extrapolate.  A galaxy far from every simulation in embedding space falls into some leaf
@@ -33,14 +34,16 @@ import pandas as pd
 from simobs.misspecification.ood import (
     HELD_OUT_SPLITS,
     energy_score,
+    flag_ood,
+    gen_score,
     max_softmax_score,
     ood_threshold,
     reference_model_weights,
 )
 
-__all__ = ["KnnReference", "OODScorer", "OOD_METHODS"]
+__all__ = ["KnnReference", "OODScorer", "OOD_METHODS", "balanced_subsample", "flag_all"]
 
-OOD_METHODS = ("knn", "energy", "max_softmax")
+OOD_METHODS = ("knn", "energy", "max_softmax", "gen")
 
 _CHUNK = 8192  # rows per chunk when standardising/accumulating (bounds float64 temporaries)
 
@@ -135,15 +138,24 @@ class KnnReference:
 class OODScorer:
     """Scores galaxies against the simulations and sets thresholds on held-out simulations.
 
+    The k-NN reference is *balanced*: the same number of training images from every model
+    (a seeded subsample of each model's training split, the size of the smallest one).
+    A pooled reference would give a model with 10x the galaxies 10x the reference density,
+    so its galaxies would have shorter k-NN distances and pass more often (pass rates
+    0.984 against 0.917 at 10:1), and dropping flagged galaxies would bias the aggregate
+    towards it.  What remains of that difference is measured by :meth:`pass_rates` and
+    corrected in the aggregate by the selection term (:mod:`simobs.comparison.posterior`).
+
     Args:
         classifier: the calibrated simulation classifier (``logits(x)``, ``class_names``).
         simulations: embedding sets of the simulation sources (``source``, ``ids``, ``embedding``).
-        predictions: ``train_classifier``'s table (``source``, ``id``, ``split``, ``label``).
+        predictions: ``train_classifier``'s table (``source``, ``id`` as strings, ``split``).
         knn_k, knn_components: k-NN score settings.
+        seed: seed of the balanced subsample.
     """
 
     def __init__(self, classifier, simulations: Sequence, predictions: pd.DataFrame, *,
-                 knn_k: int = 10, knn_components: int = 128) -> None:
+                 knn_k: int = 10, knn_components: int = 128, seed: int = 0) -> None:
         self.classifier = classifier
         names = list(classifier.class_names)
         split_of = {(s, str(i)): sp for s, i, sp in zip(predictions["source"], predictions["id"].astype(str),
@@ -154,22 +166,24 @@ class OODScorer:
                 continue
             splits = np.array([split_of.get((sim.source, str(i)), "") for i in sim.ids])
             if (splits == "").any():
+                first = sim.ids[np.flatnonzero(splits == "")[0]]
                 raise ValueError(f"simulation {sim.source!r} has images the classifier's predictions table does not "
-                                 "list; rerun rule `train_classifier`")
+                                 f"list (first: id {first!r}); rerun rule `train_classifier`")
             train.append(sim.embedding[splits == "train"])
             mask = np.isin(splits, HELD_OUT_SPLITS)
             held.append(sim.embedding[mask])
             labels.append(np.full(mask.sum(), names.index(sim.source)))
         if not held or sum(len(h) for h in held) == 0:
             raise ValueError("no held-out simulated galaxies to set OOD thresholds on; rerun rule `train_classifier`")
-        self.knn = KnnReference.fit(np.concatenate(train), k=knn_k, n_components=knn_components)
+        self.knn = KnnReference.fit(balanced_subsample(train, seed), k=knn_k, n_components=knn_components)
         self.held_labels = np.concatenate(labels)
         self.held_scores = self.scores(np.concatenate(held))
 
     def scores(self, embedding: np.ndarray, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every OOD score of (N, D) embeddings (``logits``: their classifier logits, when already computed)."""
         z = self.classifier.logits(embedding) if logits is None else logits
-        return {"knn": self.knn.score(embedding), "energy": energy_score(z), "max_softmax": max_softmax_score(z)}
+        return {"knn": self.knn.score(embedding), "energy": energy_score(z), "max_softmax": max_softmax_score(z),
+                "gen": gen_score(z)}
 
     def thresholds(self, tpr: float = 0.95, observed_logits: np.ndarray | None = None,
                    reference: str = "pooled") -> dict[str, float]:
@@ -186,7 +200,25 @@ class OODScorer:
         weights = w_model[self.held_labels] / np.maximum(counts[self.held_labels], 1.0)
         return {m: ood_threshold(s, tpr, weights=weights) for m, s in self.held_scores.items()}
 
+    def pass_rates(self, thresholds: Mapping[str, float]) -> dict[str, np.ndarray]:
+        """P_k(pass) per score: (K,) fraction of model k's held-out images at or below the threshold."""
+        k = len(self.classifier.class_names)
+        counts = np.maximum(np.bincount(self.held_labels, minlength=k), 1)
+        return {m: np.bincount(self.held_labels, weights=~flag_ood(s, thresholds[m]), minlength=k) / counts
+                for m, s in self.held_scores.items()}
+
+
+def balanced_subsample(per_model: Sequence[np.ndarray], seed: int = 0) -> np.ndarray:
+    """Stack the same number of rows of every model's (M_k, D) array: a seeded subsample of
+    each, of the smallest M_k, so that every model owns an equal share of the reference."""
+    n = min(len(a) for a in per_model)
+    if n == 0:
+        raise ValueError("a simulation model has no training images for the k-NN reference; rerun rule "
+                         "`train_classifier` (every model needs galaxies in every split)")
+    rng = np.random.default_rng(seed)
+    return np.concatenate([a[np.sort(rng.choice(len(a), n, replace=False))] for a in per_model])
+
 
 def flag_all(scores: Mapping[str, np.ndarray], thresholds: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Boolean flags per score."""
-    return {m: np.asarray(scores[m]) > thresholds[m] for m in scores}
+    """Boolean flags per score (non-finite scores are flagged)."""
+    return {m: flag_ood(scores[m], thresholds[m]) for m in scores}

@@ -2,23 +2,28 @@
 
 Three complementary checks of whether the simulations can describe the observations:
 
-1. logit OOD scores (does the classifier recognise an observed galaxy as coming from
-   *any* simulation?) — the fraction of observed galaxies flagged, against the nominal
-   1 - TPR that well-specified simulations would give;
+1. OOD scores (rule ``ood_scores``: does an observed galaxy resemble *any* simulation?)
+   — the fraction of observed galaxies flagged, against the nominal 1 - TPR that
+   well-specified simulations give; the simulations' own rows use their *held-out*
+   images only (training images scored against themselves would sit below nominal);
 2. VAE typicality (does a simulation produce images the observations do not contain?)
-   — the fraction of each simulation's galaxies outside the observed typical set;
-3. an MMD two-sample test per simulation against the observations in embedding space
-   — is the *population* of embeddings the same?
+   — the fraction of each simulation's galaxies outside the observed typical set, whose
+   boundary comes from the observed images the VAE did *not* train on (the simulated
+   images are all unseen too); the train/unseen gap of the observed images is reported;
+3. an MMD two-sample test per simulation against the VAE-unseen observed galaxies in
+   standardised embedding space — is the *population* of embeddings the same?  With
+   each test its power against the nearest other model, and per model the false-alarm
+   rate on surveys drawn from that model (:mod:`simobs.misspecification.verdict`).
 
-Verdict logic reported in ``summary``: a simulation is *consistent* with an observed
-sample when its MMD test does not reject at ``alpha``; when no simulation is consistent
-the comparison is misspecified, and the posterior model probabilities only say which
-wrong model is least wrong.
+Verdict reported in ``verdict``: a simulation is *consistent* with an observed sample
+when its MMD test does not reject at ``alpha``; that is called *conclusive* only when the
+test's power is at least ``mmd.min_power``.  When no simulation is consistent the
+comparison is misspecified, and the posterior model probabilities only say which wrong
+model is least wrong.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,14 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simobs.comparison.classifier import load_classifier
-from simobs.comparison.stages import StageOutput, _read_all, save_figure, write_table
-from simobs.io import atomic_path
+from simobs.comparison.embeddings import read_embedding_sets
 from simobs.misspecification import plots
 from simobs.misspecification.mmd import mmd_permutation_test, one_per_group
 from simobs.misspecification.ood import HELD_OUT_SPLITS
-from simobs.misspecification.scores import OODScorer, flag_all
-from simobs.misspecification.typicality import atypical_mask, typical_set_threshold
+from simobs.misspecification.ood_stage import SIMULATIONS_REFERENCE
+from simobs.misspecification.scores import OOD_METHODS
+from simobs.misspecification.typicality import STATISTICS, atypical_mask, generalisation_gap, typical_set_threshold
+from simobs.misspecification.verdict import Standardiser, mmd_power, verdict_rates
+from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
 __all__ = ["run_misspecification"]
 
@@ -58,102 +64,141 @@ def _gallery(df: pd.DataFrame, score: str, n: int, dataset_paths: Mapping[str, s
     return plots.plot_gallery(np.stack(imgs) if imgs else np.zeros((0, 1, 1, 1)), titles, title)
 
 
-def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path: str | Path,
-                         predictions_path: str | Path, dataset_paths: Mapping[str, str | Path],
+def _summary(scores: pd.DataFrame, stat: str, tpr: float) -> pd.DataFrame:
+    """Per source: flagged fractions (simulations: held-out images only) and atypical fraction."""
+    rows = []
+    for (source, kind), g in scores.groupby(["source", "kind"], sort=False):
+        ref = g[g.split.isin(HELD_OUT_SPLITS)] if kind == "simulation" else g
+        typ = g if kind == "simulation" else g[g.vae_split != "train"]
+        row = {"source": source, "kind": kind, "n": len(g), "n_ood_sample": len(ref),
+               "ood_sample": "held-out" if kind == "simulation" else "all"}
+        row.update({f"flagged_fraction_{m}": float(ref[f"flagged_{m}"].mean()) if len(ref) else float("nan")
+                    for m in OOD_METHODS})
+        row["atypical_fraction"] = float(typ["atypical"].mean()) if len(typ) else float("nan")
+        row["typicality_sample"] = "all" if kind == "simulation" else "vae-unseen"
+        row[f"{stat}_gap_unseen_minus_train"] = (generalisation_gap(g[stat].to_numpy(), (g.vae_split == "train").to_numpy())
+                                                 if kind == "observation" else float("nan"))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["nominal_flagged_fraction"] = 1.0 - tpr
+    return out
+
+
+def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path: str | Path,
+                         ood_thresholds_path: str | Path, dataset_paths: Mapping[str, str | Path],
                          outputs: Mapping[str, str | Path], settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
-    """OOD scores, typicality and MMD tests for every source.
+    """OOD summaries, typicality and MMD tests for every source.
 
     Outputs: ``scores`` (per image, CSV), ``summary`` (per source, CSV), ``mmd`` (per
     simulation x observation source, CSV), ``verdict`` (JSON) and figures ``figure_energy``,
     ``figure_max_softmax``, ``figure_typicality``, ``figure_mmd``, ``gallery_observed``,
     ``gallery_simulated``.
     """
-    sets = _read_all(embedding_paths)
+    sets = read_embedding_sets(embedding_paths)
     obs_sets = [e for e in sets if e.is_observation]
     sim_sets = [e for e in sets if not e.is_observation]
     if not obs_sets or not sim_sets:
         raise ValueError("misspecification needs observation and simulation embeddings among its inputs")
-    clf = load_classifier(classifier_path)
     ood_cfg, typ_cfg, mmd_cfg = settings.get("ood", {}), settings.get("typicality", {}), settings.get("mmd", {})
     method, tpr = ood_cfg.get("score", "knn"), float(ood_cfg.get("tpr", 0.95))
-    predictions = pd.read_csv(predictions_path)
-    scorer = OODScorer(clf, sim_sets, predictions, knn_k=int(ood_cfg.get("knn_k", 10)),
-                       knn_components=int(ood_cfg.get("knn_components", 128)))
-    # Simulations are compared with the pooled held-out simulations; each observed sample
-    # with the held-out simulations weighted by its posterior model probabilities.
-    logits = {e.source: clf.logits(e.embedding) for e in sets}
-    thr = scorer.thresholds(tpr)
-    thresholds = {e.source: thr for e in sim_sets}
-    for o in obs_sets:
-        thresholds[o.source] = scorer.thresholds(tpr, logits[o.source], ood_cfg.get("reference", "pooled"))
+    ood = read_table(ood_scores_path, ["source", "kind", "id", "split", "ood_flagged",
+                                       *OOD_METHODS, *(f"flagged_{m}" for m in OOD_METHODS)], "OOD scores", "ood_scores")
+    thr_table = read_table(ood_thresholds_path, ["reference", "score", "threshold"], "OOD thresholds", "ood_scores")
     stat, q = typ_cfg.get("statistic", "recon_error"), float(typ_cfg.get("quantile", 0.99))
-    typ_thr = typical_set_threshold(np.concatenate([e.recon_error if stat == "recon_error" else e.elbo for e in obs_sets]),
-                                    stat, q)
+    if stat not in STATISTICS:
+        raise ValueError(f"misspecification.typicality.statistic={stat!r}; choose one of {list(STATISTICS)}")
+    unseen = [getattr(e, stat)[e.unseen_by_vae] for e in obs_sets]
+    if sum(len(u) for u in unseen) == 0:
+        raise ValueError("every observed image was a VAE training image (vae_split == 'train'); the typical set "
+                         "needs images the VAE did not train on: give embedding training a validation fraction > 0")
+    typ_thr = typical_set_threshold(np.concatenate(unseen), stat, q)
 
-    # 1 + 2: per-image scores
     frames = []
     for e in sets:
-        sc = scorer.scores(e.embedding, logits[e.source])
-        flags = flag_all(sc, thresholds[e.source])
-        values = e.recon_error if stat == "recon_error" else e.elbo
-        frames.append(pd.DataFrame({
-            "source": e.source, "kind": e.kind, "id": e.ids, "galaxy_id": e.galaxy_ids, **sc,
-            **{f"flagged_{m}": f for m, f in flags.items()}, "ood_flagged": flags[method],
-            "recon_error": e.recon_error, "elbo": e.elbo, "atypical": atypical_mask(values, typ_thr, stat)}))
-    scores = pd.concat(frames, ignore_index=True)
-    # held-out simulations are the in-distribution reference: mark them
-    held = predictions[predictions.split.isin(HELD_OUT_SPLITS)]
-    test_ids = set(zip(held["source"], held["id"].astype(str)))
-    scores["heldout_test"] = [(s, str(i)) in test_ids for s, i in zip(scores.source, scores.id)]
+        values = getattr(e, stat)
+        frames.append(pd.DataFrame({"source": e.source, "id": e.ids, "recon_error": e.recon_error,
+                                    "typicality_loss": e.typicality_loss, "vae_split": e.vae_split,
+                                    "atypical": atypical_mask(values, typ_thr, stat)}))
+    scores = ood.merge(pd.concat(frames, ignore_index=True), on=["source", "id"], how="inner", validate="one_to_one")
+    if len(scores) != sum(len(e) for e in sets):
+        raise ValueError(f"{ood_scores_path}: the OOD scores table does not list every image of the embedding "
+                         "files; rerun rule `ood_scores`")
+    scores["heldout_test"] = scores.split.isin(HELD_OUT_SPLITS)
+    summary = _summary(scores, stat, tpr)
 
-    summary = scores.groupby(["source", "kind"], sort=False).agg(
-        n=("id", "size"),
-        flagged_fraction_knn=("flagged_knn", "mean"),
-        flagged_fraction_energy=("flagged_energy", "mean"),
-        flagged_fraction_max_softmax=("flagged_max_softmax", "mean"),
-        atypical_fraction=("atypical", "mean")).reset_index()
-    summary["nominal_flagged_fraction"] = 1.0 - tpr
-
-    # 3: MMD per simulation and observation source
+    # 3: MMD per simulation and observation source, in standardised latents
     alpha = float(mmd_cfg.get("alpha", 0.05))
+    n_perm, max_n = int(mmd_cfg.get("n_permutations", 1000)), mmd_cfg.get("max_samples", 2000)
+    scales = tuple(mmd_cfg.get("bandwidth_scales", [1.0]))
+    reps, p_perm = int(mmd_cfg.get("power_replicates", 10)), int(mmd_cfg.get("power_permutations", 200))
+    per_galaxy = bool(mmd_cfg.get("one_projection_per_galaxy", True))
+    std = Standardiser(np.concatenate([s.embedding for s in sim_sets]))
+    sim_samples, held_samples = {}, {}
+    for k, s in enumerate(sim_sets):
+        # one projection per galaxy: projections of one galaxy are not independent draws
+        idx = one_per_group(s.galaxy_ids, seed + k) if per_galaxy else np.arange(len(s))
+        sim_samples[s.source] = std(s.embedding[idx])
+        split = scores[scores.source == s.source].set_index("id").loc[list(s.ids[idx]), "split"].to_numpy()
+        held_samples[s.source] = sim_samples[s.source][np.isin(split, HELD_OUT_SPLITS)]
+    # the verdict on simulated surveys (well-specified: false alarms) of half a model's galaxies
+    n_fa = int(mmd_cfg.get("false_alarm_replicates", 100))
+    survey_n = max(2, min(len(v) for v in sim_samples.values()) // 2)
+    fa = {s.source: verdict_rates(sim_samples[s.source], sim_samples, survey_n, s.source, alpha, n_fa, p_perm, scales,
+                                  seed + k) for k, s in enumerate(sim_sets)}
+    false_alarm = {n: v[0] for n, v in fa.items()}
     rows, results = [], {}
     for o in obs_sets:
+        x = std(o.embedding[o.unseen_by_vae])  # the VAE-unseen observed galaxies, like the simulated ones
         for k, s in enumerate(sim_sets):
-            # one projection per galaxy: projections of one galaxy are not independent draws
-            idx = one_per_group(s.galaxy_ids, seed + k) if mmd_cfg.get("one_projection_per_galaxy", True) else slice(None)
-            r = mmd_permutation_test(o.embedding, s.embedding[idx], n_permutations=int(mmd_cfg.get("n_permutations", 1000)),
-                                     max_samples=mmd_cfg.get("max_samples", 2000),
-                                     bandwidth_scales=tuple(mmd_cfg.get("bandwidth_scales", [1.0])), seed=seed + k)
+            r = mmd_permutation_test(x, sim_samples[s.source], n_permutations=n_perm, max_samples=max_n,
+                                     bandwidth_scales=scales, seed=seed + k)
+            power, n_pow = mmd_power(sim_samples[s.source], [held_samples[t.source] for t in sim_sets if t is not s],
+                                     r.n_x, alpha, reps, p_perm, scales, seed + k)
             results[s.source if len(obs_sets) == 1 else f"{s.source} / {o.source}"] = r
             rows.append({"observations": o.source, "simulation": s.source, "mmd2": r.mmd2, "p_value": r.p_value,
                          "rejected": r.rejects(alpha), "alpha": alpha, "n_observed": r.n_x, "n_simulated": r.n_y,
-                         "bandwidth": r.bandwidths[0]})
+                         "bandwidth": r.bandwidths[0], "power_nearest_other_model": power, "power_n_observed": n_pow,
+                         "false_alarm_rate": false_alarm[s.source]})
     mmd = pd.DataFrame(rows)
 
+    min_power = float(mmd_cfg.get("min_power", 0.8))
     verdict = {}
-    metrics: dict[str, float] = {f"ood_threshold_{m}": v for m, v in thr.items()}
+    thr_sim = thr_table[thr_table.reference == SIMULATIONS_REFERENCE].set_index("score")["threshold"]
+    metrics: dict[str, float] = {f"ood_threshold_{m}": float(v) for m, v in thr_sim.items()}
     metrics["typical_set_threshold"] = typ_thr
-    for o in obs_sets:
-        metrics.update({f"{o.source}_ood_threshold_{m}": v for m, v in thresholds[o.source].items()})
+    metrics.update({f"mmd_false_alarm_rate_{n}": v for n, v in false_alarm.items()})
     for o in obs_sets:
         m = mmd[mmd.observations == o.source]
         consistent = m.loc[~m.rejected, "simulation"].tolist()
+        weak = m.loc[~m.rejected & ~(m.power_nearest_other_model >= min_power), "simulation"].tolist()
         flagged = float(summary.loc[summary.source == o.source, f"flagged_fraction_{method}"].iloc[0])
+        # the same verdict on surveys of the observed galaxies, of the simulated surveys' size
+        _, rate_obs = verdict_rates(std(o.embedding[o.unseen_by_vae]), sim_samples, survey_n, None, alpha, n_fa, p_perm,
+                                    scales, seed)
+        power_note = (f" The test's power against the nearest other model is below {min_power:.0%} for "
+                      f"{', '.join(weak)}: not rejecting is weak evidence there." if weak else "")
         verdict[o.source] = {
             "consistent_simulations": consistent,
+            "inconclusive_simulations": weak,
             "misspecified": not consistent,
             "flagged_fraction": flagged,
             "nominal_flagged_fraction": 1.0 - tpr,
+            "survey_size": survey_n,
+            "verdict_false_alarm_rate": {n: v[1] for n, v in fa.items()},  # surveys of each model: nominal <= alpha
+            "test_false_alarm_rate": false_alarm,  # the test of a survey's own model rejects: nominal alpha
+            "misspecified_rate_on_observed_surveys": rate_obs,  # power if the universe is misspecified
             "statement": (f"No simulation is consistent with {o.source} (MMD test rejects all at alpha={alpha}); "
                           f"{flagged:.1%} of its galaxies are out of distribution (nominal {1 - tpr:.1%}). Posterior "
                           "model probabilities rank wrong models only.") if not consistent else
                          (f"Consistent with {o.source} at alpha={alpha}: {', '.join(consistent)}; "
-                          f"{flagged:.1%} of its galaxies flagged out of distribution (nominal {1 - tpr:.1%})."),
+                          f"{flagged:.1%} of its galaxies flagged out of distribution (nominal {1 - tpr:.1%})."
+                          + power_note),
         }
         metrics[f"{o.source}_flagged_fraction"] = flagged
         metrics[f"{o.source}_n_consistent_simulations"] = float(len(consistent))
     for r in rows:
         metrics[f"mmd_p_value_{r['simulation']}_{r['observations']}"] = r["p_value"]
+        metrics[f"mmd_power_{r['simulation']}_{r['observations']}"] = r["power_nearest_other_model"]
     for _, r in summary.iterrows():
         metrics[f"atypical_fraction_{r['source']}"] = float(r["atypical_fraction"])
     for o, v in verdict.items():
@@ -162,14 +207,13 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
     write_table(scores, outputs["scores"])
     write_table(summary, outputs["summary"])
     write_table(mmd, outputs["mmd"])
-    with atomic_path(outputs["verdict"]) as tmp:
-        tmp.write_text(json.dumps(verdict, indent=2))
+    write_json(verdict, outputs["verdict"])
 
     by_source = {s: g for s, g in scores.groupby("source", sort=False)}
     # held-out simulated galaxies only: the training split would look more in-distribution than it is
     ref = {s: (g[g.heldout_test] if (g.kind == "simulation").all() else g) for s, g in by_source.items()}
     n_gal = int(settings.get("gallery", {}).get("n_images", 16))
-    thr_obs = thresholds[obs_sets[0].source]  # the line drawn: the (first) observed sample's threshold
+    thr_obs = thr_table[thr_table.reference == obs_sets[0].source].set_index("score")["threshold"]  # the line drawn
     figs = [
         save_figure(plots.plot_score_histograms({s: g["energy"].to_numpy() for s, g in ref.items()}, thr_obs["energy"],
                                                 "energy score (higher = less like any simulation)",
@@ -179,14 +223,15 @@ def run_misspecification(embedding_paths: Sequence[str | Path], classifier_path:
                                                 thr_obs["max_softmax"], "1 - max softmax", "Max-softmax OOD score"),
                     outputs["figure_max_softmax"]),
         save_figure(plots.plot_score_histograms({s: g[stat].to_numpy() for s, g in by_source.items()}, typ_thr, stat,
-                                                "VAE typicality (boundary: observed quantile)", log_x=stat == "recon_error"),
+                                                "VAE typicality (boundary: VAE-unseen observed quantile)",
+                                                log_x=stat == "recon_error"),
                     outputs["figure_typicality"]),
         save_figure(plots.plot_mmd_nulls(results, alpha), outputs["figure_mmd"]),
         save_figure(_gallery(scores[scores.kind == "observation"], method, n_gal, dataset_paths,
                              f"Most atypical observed galaxies (highest {method} score: unlike every simulation)"),
                     outputs["gallery_observed"]),
-        save_figure(_gallery(scores[scores.kind == "simulation"].assign(
-            typicality=lambda d: d[stat] if stat == "recon_error" else -d[stat]), "typicality", n_gal, dataset_paths,
-            f"Most atypical simulated galaxies ({stat}: unlike the observations)"), outputs["gallery_simulated"]),
+        save_figure(_gallery(scores[scores.kind == "simulation"].assign(typicality=lambda d: d[stat]), "typicality",
+                             n_gal, dataset_paths, f"Most atypical simulated galaxies ({stat}: unlike the observations)"),
+                    outputs["gallery_simulated"]),
     ]
     return StageOutput(metrics, {"summary": summary, "mmd": mmd}, figs)

@@ -1,19 +1,25 @@
 """VAE typicality: which simulated galaxies fall outside the observed typical set.
 
-The VAE is trained on observations only, so its reconstruction error and ELBO measure
-how typical an image is *of the observations*.  The typical set is bounded by a
-quantile of the observed sample (e.g. the 99th percentile of the reconstruction error,
-or the 1st percentile of the ELBO); a simulation whose galaxies often fall beyond it
-produces images the observations do not contain.
+The VAE is trained on observations only, so its reconstruction error and typicality
+loss (both lower = more typical) measure how typical an image is *of the observations*.
+The typical set is bounded by a quantile of the observed sample (e.g. the 99th
+percentile); a simulation whose galaxies often fall beyond it produces images the
+observations do not contain.
+
+Which observed images?  Only those the VAE did *not* train on (its validation images):
+the simulated images are all unseen, and a VAE reconstructs its training images better
+than unseen ones, so a boundary from training images would call a correct simulation
+atypical by the generalisation gap alone (see :func:`generalisation_gap`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["typical_set_threshold", "atypical_mask", "atypical_fraction"]
+__all__ = ["typical_set_threshold", "atypical_mask", "atypical_fraction", "generalisation_gap", "STATISTICS"]
 
-_DIRECTIONS = {"recon_error": True, "elbo": False}  # True: larger = more atypical
+STATISTICS = ("recon_error", "typicality_loss")  # per-image, larger = more atypical
+_DIRECTIONS = {s: True for s in STATISTICS}  # True: larger = more atypical
 
 
 def _direction(statistic: str) -> bool:
@@ -28,8 +34,7 @@ def typical_set_threshold(observed: np.ndarray, statistic: str = "recon_error", 
 
     Args:
         observed: (N,) per-image statistic of the observed galaxies.
-        statistic: ``recon_error`` (upper bound at ``quantile``) or ``elbo`` (lower bound
-            at ``1 - quantile``).
+        statistic: ``recon_error`` or ``typicality_loss`` (upper bound at ``quantile``).
         quantile: fraction of observed galaxies inside the typical set, in (0, 1).
     """
     v = np.asarray(observed, dtype=np.float64)
@@ -52,3 +57,12 @@ def atypical_fraction(values: np.ndarray, threshold: float, statistic: str = "re
     """Fraction of galaxies outside the typical set (the observed sample gives 1 - quantile)."""
     v = np.asarray(values)
     return float(atypical_mask(v, threshold, statistic).mean()) if v.size else float("nan")
+
+
+def generalisation_gap(values: np.ndarray, seen: np.ndarray) -> float:
+    """Median statistic of the VAE's unseen observed images minus that of its training
+    images (> 0: the VAE fits its training images better than new ones); NaN without both."""
+    v, m = np.asarray(values, dtype=np.float64), np.asarray(seen, dtype=bool)
+    if m.all() or not m.any():
+        return float("nan")
+    return float(np.nanmedian(v[~m]) - np.nanmedian(v[m]))
