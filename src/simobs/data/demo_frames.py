@@ -31,7 +31,7 @@ import pandas as pd
 from simobs.data.demo_universe import BANDS, SKY_SIGMA, DemoSettings, galaxy_profiles, sample_galaxies
 from simobs.data.sdss_frames import FRAME_SHAPE, sdss_dark_variance, sdss_gain, write_frame
 
-__all__ = ["FrameLayout", "frame_wcs", "paint_frames", "write_demo_frames", "generate_frames_from_settings"]
+__all__ = ["FrameLayout", "frame_wcs", "paint_frames", "write_demo_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +240,3 @@ def _write_catalogue(path: Path, objid, ra, dec, layout: FrameLayout, field_no) 
     Table({"objid": objid, "ra": ra, "dec": dec, "run": np.full(n, layout.run, dtype=np.int16),
            "camcol": np.full(n, layout.camcol, dtype=np.int16), "field": field_no.astype(np.int16)}
           ).write(path, format="fits", overwrite=True)
-
-
-def generate_frames_from_settings(out_dir: str | os.PathLike[str], *, source: str, model: str, n_galaxies: int,
-                                  seed: int, image_size: int = 64, pixel_scale: float = 0.396,
-                                  seeing_fwhm: float = 1.4, noise_scale: float = 1.0, workers: int = 1,
-                                  **_: object) -> pd.DataFrame:
-    """:func:`write_demo_frames` from the flat settings the workflow passes (others ignored)."""
-    settings = DemoSettings(image_size=image_size, pixel_scale=pixel_scale, seeing_fwhm=seeing_fwhm,
-                            noise_scale=noise_scale)
-    return write_demo_frames(out_dir, source=source, model=model, n_galaxies=n_galaxies, seed=seed,
-                             settings=settings, workers=workers)

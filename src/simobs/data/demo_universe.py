@@ -458,10 +458,17 @@ def generate_from_settings(
     """:func:`write_demo_source` from the flat settings the workflow passes.
 
     A simulation source with ``layout: skirt_tng`` is written as idealised TNG SKIRT
-    files instead (:mod:`simobs.data.demo_skirt`), for the realism stage.
+    files instead (:mod:`simobs.data.demo_skirt`), for the realism stage, and an observed
+    survey with ``layout: sdss_frames`` as SDSS frames plus a catalogue
+    (:mod:`simobs.data.demo_frames`), for the cutout stage.
     """
     settings = DemoSettings(image_size=image_size, pixel_scale=pixel_scale, seeing_fwhm=seeing_fwhm,
                             noise_scale=noise_scale)
+    if layout == "sdss_frames":
+        from simobs.data.demo_frames import write_demo_frames
+
+        return write_demo_frames(out_dir, source=source, model=model, n_galaxies=n_galaxies, seed=seed,
+                                 settings=settings, workers=workers)
     if layout == "skirt_tng":
         from simobs.data.demo_skirt import write_tng_skirt_source
 
