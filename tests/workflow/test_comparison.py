@@ -8,6 +8,7 @@ tolerances on rates are wider than at the README's demo scale.
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,8 +63,7 @@ def test_imbalanced_models_reach_the_balanced_conclusion(imbalanced):
     pred = pd.read_csv(imbalanced / "classifier/heldout_predictions.csv")
     counts = pred.groupby("source").galaxy_id.nunique()
     assert counts["fiducial"] >= 10 * counts["compact"]  # the imbalance is real
-    m = json.loads((imbalanced / "classifier/metrics.json").read_text())
-    assert m["test_ece"] < 0.15  # judged under equal priors (defect 1)
+    assert_calibrated_within_noise(imbalanced)  # judged under equal priors (defect 1)
     # defect 2: per-model pass rates of the balanced reference, stated beside the aggregate
     assert agg["pass_rate"].between(0.8, 1.0).all()
     # defect 3: simulation rows count held-out images only, so they sit at nominal on average
@@ -75,11 +75,36 @@ def test_imbalanced_models_reach_the_balanced_conclusion(imbalanced):
     assert not verdict["misspecified"]
 
 
+def assert_calibrated_within_noise(results: Path, n_null: int = 2000) -> None:
+    """The test split's ECE (balanced weights) is within what a perfectly calibrated classifier shows.
+
+    With ~200 test images in 15 bins the ECE of an exactly calibrated classifier is itself
+    ~0.1 (sampling noise of the bin accuracies), so a fixed bound would test the sample size.
+    Instead: draw labels from the classifier's own probabilities (consistency resampling,
+    Broecker & Smith 2007) and require the observed ECE below the null's 99.5th percentile.
+    """
+    from simobs.comparison.calibration import expected_calibration_error
+    from simobs.comparison.splits import balanced_class_weights
+
+    m = json.loads((results / "classifier/metrics.json").read_text())
+    test = pd.read_csv(results / "classifier/heldout_predictions.csv").query("split == 'test'")
+    probs = test.filter(like="prob_").to_numpy()
+    labels = test["label"].to_numpy()
+    weights = balanced_class_weights(labels, probs.shape[1])  # as the stage weights its test split
+    observed = expected_calibration_error(probs, labels, n_bins=15, weights=weights)
+    assert observed == pytest.approx(m["test_ece"], rel=1e-6)  # the metric the stage reports
+    rng = np.random.default_rng(0)
+    cdf = probs.cumsum(axis=1)
+    null = [expected_calibration_error(probs, (rng.random((len(probs), 1)) > cdf).sum(axis=1).clip(max=probs.shape[1] - 1),
+                                       n_bins=15, weights=weights) for _ in range(n_null)]
+    assert observed <= np.quantile(null, 0.995), (observed, np.quantile(null, [0.5, 0.995]))
+
+
 def test_classifier_calibrated_on_held_out_simulations(well_specified):
     m = json.loads((well_specified / "classifier/metrics.json").read_text())
     # Four overlapping populations: chance is 0.25; the tiny study reaches ~0.45 (demo: 0.64).
     assert m["test_accuracy"] > 0.35
-    assert m["test_ece"] < 0.1  # 160 test images in 15 bins; the README reports the demo's ECE
+    assert_calibrated_within_noise(well_specified)  # the README reports the demo's ECE
 
 
 def test_well_specified_universe(well_specified):
