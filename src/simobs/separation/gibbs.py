@@ -38,11 +38,11 @@ import torch
 from simobs.separation.mcmc import HMCState, hmc_step, warmup
 from simobs.separation.sample import sample_posterior
 from simobs.separation.sde import LinearBetaSchedule
+from simobs.separation.spectra import half_plane_weights
 
 __all__ = [
     "SpectrumFn",
     "ConditionalPredictor",
-    "half_plane_weights",
     "residual_log_likelihood",
     "gaussian_marginal_log_likelihood",
     "RowColouredNoise",
@@ -56,15 +56,6 @@ __all__ = [
 SpectrumFn = Callable[[torch.Tensor], torch.Tensor]
 #: ``(z (B, n, n), t (B,), phi (B, P), power_half (B, n, n//2+1)) -> η̂ (B, n, n)``.
 ConditionalPredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def half_plane_weights(npix: int, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
-    """Multiplicity of each rfft-half mode among the ``npix²`` real degrees of freedom."""
-    w = torch.full((npix, npix // 2 + 1), 2.0, dtype=dtype, device=device)
-    w[:, 0] = 1.0
-    if npix % 2 == 0:
-        w[:, -1] = 1.0
-    return w
 
 
 def residual_log_likelihood(residual: torch.Tensor, sigma: torch.Tensor, power_half: torch.Tensor) -> torch.Tensor:
@@ -135,6 +126,12 @@ class GaussianDustPredictor:
         centred = z.to(power_half.dtype) - torch.sqrt(a) * self.dust_mean
         spec = torch.fft.rfft2(centred, norm="ortho") * gain
         return torch.fft.irfft2(spec, s=(npix, npix), norm="ortho").to(z.dtype)
+
+
+def _prior_draws(lower: torch.Tensor, upper: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` uniform draws from the prior box, shape ``(n, P + 1)``: chains start here, never at the truth."""
+    u = torch.rand((n, lower.numel()), generator=generator, dtype=lower.dtype, device=lower.device)
+    return lower + (upper - lower) * u
 
 
 @dataclass
@@ -215,7 +212,7 @@ def gibbs_diffusion(
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     b = n * n_chains
     y_rep = y.repeat_interleave(n_chains, dim=0)  # row = observation * C + chain
-    theta = lo + (hi - lo) * torch.rand((b, lo.numel()), generator=gen, dtype=dtype, device=dev)
+    theta = _prior_draws(lo, hi, b, gen)
     if init is not None:
         start = torch.as_tensor(np.asarray(init), dtype=dtype, device=dev).reshape(b, lo.numel())
         if torch.any(start < lo) or torch.any(start > hi):
@@ -299,8 +296,7 @@ def sample_parameters(
     lo = torch.as_tensor(lower, dtype=dtype, device=dev)
     hi = torch.as_tensor(upper, dtype=dtype, device=dev)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
-    b = n_rows * n_chains
-    theta = lo + (hi - lo) * torch.rand((b, lo.numel()), generator=gen, dtype=dtype, device=dev)
+    theta = _prior_draws(lo, hi, n_rows * n_chains, gen)
     theta, state = warmup(theta, log_likelihood, lower=lo, upper=hi, n_warmup=n_warmup, n_leapfrog=n_leapfrog,
                           target_accept=target_accept, generator=gen)
     draws = []

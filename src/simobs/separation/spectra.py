@@ -30,6 +30,7 @@ __all__ = [
     "normalise_power",
     "cmb_power_2d",
     "rfft_half",
+    "half_plane_weights",
 ]
 
 #: Planck-2018-like ΛCDM parameters (camb's names); any camb ``set_params`` keyword may be added.
@@ -147,3 +148,15 @@ def cmb_power_2d(
 def rfft_half(power: np.ndarray) -> np.ndarray:
     """The ``rfft2`` half (last axis ``npix // 2 + 1``) of a full-grid 2-D power."""
     return power[..., : power.shape[-1] // 2 + 1]
+
+
+def half_plane_weights(npix: int, dtype=None, device=None):
+    """Multiplicity of each ``rfft2``-half mode among the ``npix²`` real degrees of freedom:
+    2, or 1 in the self-conjugate kx = 0 and Nyquist columns; a torch tensor ``(npix, npix // 2 + 1)``."""
+    import torch
+
+    w = torch.full((npix, npix // 2 + 1), 2.0, dtype=dtype or torch.float64, device=device)
+    w[:, 0] = 1.0
+    if npix % 2 == 0:
+        w[:, -1] = 1.0
+    return w

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from simobs.io import atomic_path
-from simobs.separation.spectra import DEFAULT_COSMOLOGY, cmb_temperature_cl, multipoles_on_grid
+from simobs.separation.spectra import DEFAULT_COSMOLOGY, cmb_temperature_cl, half_plane_weights, multipoles_on_grid
 
 __all__ = [
     "PARAMETERS",
@@ -210,19 +210,10 @@ class SpectrumInterpolator(nn.Module):
 
     def _raw_full_mean(self, phi: torch.Tensor) -> torch.Tensor:
         half = self._raw_half(phi)
-        return (_half_weights(self.npix, half) * half).sum(dim=(-2, -1)) / self.npix**2
+        return (half_plane_weights(self.npix, half.dtype, half.device) * half).sum(dim=(-2, -1)) / self.npix**2
 
     def forward(self, phi: torch.Tensor) -> torch.Tensor:
         return self._raw_half(phi) / self.scale
-
-
-def _half_weights(npix: int, like: torch.Tensor) -> torch.Tensor:
-    """Multiplicity of each rfft-half mode in the full grid: 2, or 1 in the kx = 0 and Nyquist columns."""
-    w = torch.full((npix, npix // 2 + 1), 2.0, dtype=like.dtype, device=like.device)
-    w[:, 0] = 1.0
-    if npix % 2 == 0:
-        w[:, -1] = 1.0
-    return w
 
 
 def interpolation_error(interp: SpectrumInterpolator, phis: np.ndarray, cls: np.ndarray,
