@@ -71,13 +71,33 @@ def _without_timings(path: Path) -> object:
     return table.drop(columns=[c for c in table.columns if TIMING.search(c)]).to_dict("list")
 
 
+def _pt_content(path: Path) -> object:
+    """A torch file's content with every tensor as dtype, shape and raw bytes, less its
+    wall-clock fields (a model file keeps its training history, epoch_seconds included)."""
+    import torch
+
+    def plain(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            return (str(value.dtype), tuple(value.shape), value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if not (isinstance(k, str) and TIMING.search(k))}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(torch.load(path, map_location="cpu", weights_only=False))
+
+
 def same_content(a: Path, b: Path) -> bool:
     """Equal content: HDF5 files dataset by dataset (see _h5_content), others byte for byte,
-    except that wall-clock fields of JSON and CSV files (TIMING) are not compared."""
+    except that wall-clock fields of JSON and CSV tables and torch files (TIMING) are not
+    compared."""
     if a.suffix == ".h5":
         return _h5_content(a) == _h5_content(b)
     if a.read_bytes() == b.read_bytes():
         return True
+    if a.suffix == ".pt":
+        return _pt_content(a) == _pt_content(b)
     return a.suffix in (".json", ".csv") and _without_timings(a) == _without_timings(b)
 
 
