@@ -74,3 +74,21 @@ def copy_study(src: Path, dst: Path) -> Path:
     """Copy a finished study folder (raw data, results, Snakemake metadata) for a variant run."""
     shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
     return dst
+
+
+#: Figures the tests measured (jobs killed and recovered, files compared, writers), printed
+#: in the run's terminal summary so that a CI log carries them (the README cites them).
+_MEASURED: list[str] = []
+
+
+@pytest.fixture
+def measured():
+    """``measured(line)`` records a measured figure for the end-of-run summary."""
+    return _MEASURED.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _MEASURED:
+        terminalreporter.section("measured by the tests")
+        for line in _MEASURED:
+            terminalreporter.write_line(line)

@@ -123,9 +123,9 @@ def compare_studies(first: Path, second: Path) -> list[str]:
     return sorted(files)
 
 
-def test_two_runs_from_scratch_are_bit_identical(tiny_study, tmp_path):
+def test_two_runs_from_scratch_are_bit_identical(tiny_study, tmp_path, measured):
     second = run_snakemake(tmp_path, *os.environ.get("SIMOBS_TINY_TARGETS", "").split())
     assert second.returncode == 0, second.output[-6000:]
     files = compare_studies(tiny_study.workdir, tmp_path)
-    print(f"\n{len(files)} data files compared, all bit-identical: "
-          + json.dumps(sorted({str(Path(f).parent) for f in files})))
+    measured(f"bitwise reruns: {len(files)} data files compared, all bit-identical: "
+             + json.dumps(sorted({str(Path(f).parent) for f in files})))

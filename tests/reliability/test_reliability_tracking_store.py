@@ -153,7 +153,7 @@ def _writer(tmp: str, i: int, barrier, results) -> None:
 
 
 @pytest.mark.slow
-def test_eight_jobs_write_one_sqlite_store_at_once(tmp_path):
+def test_eight_jobs_write_one_sqlite_store_at_once(tmp_path, measured):
     n = 8
     os.chdir(tmp_path)
     start_invocation(config(f"sqlite:///{tmp_path}/mlflow.db", "fail"))  # as the Snakefile's onstart
@@ -167,7 +167,7 @@ def test_eight_jobs_write_one_sqlite_store_at_once(tmp_path):
         p.join(timeout=60)
     failures = [err for *_, err in out if err]
     retries = sum(r for _, _, r, _ in out)
-    print(f"\n{n} concurrent writers: {len(failures)} failures, {retries} lock retries")
+    measured(f"one SQLite store: {n} concurrent writers, {len(failures)} failures, {retries} lock retries")
     assert failures == [] and all(p.exitcode == 0 for p in procs)
     c = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     ids = [run_id for _, run_id, _, _ in out]
