@@ -48,8 +48,9 @@ def make_universe(seed: int = 0, n_galaxies: int = 60, n_proj: int = 3, n_obs: i
     return sets
 
 
-def write_embedding_file(s: EmbeddingSet, path: Path) -> Path:
-    """Write one set in the contract's layout (docs/contracts.md)."""
+def write_embedding_file(s: EmbeddingSet, path: Path, vae_digest: str | None = None) -> Path:
+    """Write one set in the contract's layout (docs/contracts.md); ``vae_digest``: the
+    attr naming the VAE that made it (left out when ``None``, as in older files)."""
     str_t = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as f:
         f["embedding"] = s.embedding
@@ -60,6 +61,8 @@ def write_embedding_file(s: EmbeddingSet, path: Path) -> Path:
         f.create_dataset("galaxy_ids", data=s.galaxy_ids.astype(str).tolist(), dtype=str_t)
         f["projection_ids"] = s.projection_ids.astype(np.int32)
         f.attrs.update({"source": s.source, "kind": s.kind, "latent_dim": s.embedding.shape[1], "k": 4, "alpha": 1.0})
+        if vae_digest is not None:
+            f.attrs["vae_digest"] = vae_digest
     return path
 
 

@@ -51,6 +51,7 @@ def test_embeddings_of_a_simulation_follow_the_contract(trained, tmp_path: Path)
         assert (f.attrs["latent_dim"], f.attrs["k"], f.attrs["alpha"]) == (32, 4, 1.5)
         assert "elbo" not in f  # not a bound on log p(x): renamed typicality_loss
         assert list(f["vae_split"].asstr()[...]) == ["unused"] * 37  # the VAE never saw a simulation
+        assert f.attrs["vae_digest"] == load_model(model_path)[1]["model_digest"]  # its lineage
     # deterministic: encoding again gives the same numbers
     again = tmp_path / "again.h5"
     embed_dataset(model_path, sim, again, batch_size=7, device="cpu")

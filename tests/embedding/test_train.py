@@ -240,3 +240,19 @@ def test_resume_on_a_node_with_another_worker_count_starts_over(
     with caplog.at_level(logging.INFO, logger="simobs.embedding.train"):
         result = _train(tmp_path, observed_dataset, settings)
     assert result.resumed_from_epoch is None and "starting training from scratch" in caplog.text
+
+
+def test_a_checkpoint_of_another_architecture_is_not_resumed_and_both_are_named(
+    tmp_path: Path, observed_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def crash(metrics, epoch):
+        raise Crash("killed after epoch 1")
+
+    with pytest.raises(Crash):  # leaves the checkpoint of epoch 1, of a width-8 network
+        _train(tmp_path, observed_dataset, tiny_settings(max_epochs=2), on_epoch=crash)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["architecture"]["width"] == 8
+    with caplog.at_level(logging.INFO, logger="simobs.embedding.train"):
+        result = _train(tmp_path, observed_dataset, tiny_settings(max_epochs=2, width=4))
+    assert result.resumed_from_epoch is None
+    assert "another architecture" in caplog.text
+    assert "'width': 8" in caplog.text and "'width': 4" in caplog.text

@@ -13,12 +13,19 @@ that the softmax output is the posterior model probability under equal priors.  
 scalar temperature (see :mod:`simobs.comparison.calibration`) is stored with the model
 and applied by :meth:`SimulationClassifier.logits`.
 
+Lineage (:mod:`simobs.provenance`): the file records ``extra.vae_digest``, the
+``vae_digest`` of the embeddings the classifier trained on, and ``digest``, the SHA-256
+of its own content (everything but that field), which :func:`load_classifier`
+recomputes: the stages that score embeddings with it check the first and record the
+second.
+
 Shapes: X is (N, D) embeddings, logits (N, K), attributions (N, K, D).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
@@ -91,6 +98,13 @@ class SimulationClassifier:
         self.model = model
         self.temperature = float(temperature)
         self.extra = dict(extra or {})
+        #: SHA-256 of the saved file's content; set by :meth:`save` and :func:`load_classifier`.
+        self.digest: str | None = None
+
+    @property
+    def vae_digest(self) -> str | None:
+        """``vae_digest`` of the embeddings it trained on (``None``: unknown, an older file)."""
+        return self.extra.get("vae_digest")
 
     @property
     def n_classes(self) -> int:
@@ -164,8 +178,12 @@ class SimulationClassifier:
         return ((xt - base)[:, None, :] * grads / steps).detach().cpu().numpy()
 
     # -- persistence -----------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write one self-describing JSON file (metadata + base64 model payload), atomically."""
+    def save(self, path: str | Path) -> str:
+        """Write one self-describing JSON file (metadata + base64 model payload), atomically.
+
+        Returns:
+            The file's ``digest`` (also set as :attr:`digest`).
+        """
         from simobs.io import atomic_path
 
         if self.backend == "xgboost":
@@ -180,16 +198,35 @@ class SimulationClassifier:
                "n_features": self.n_features, "temperature": self.temperature,
                "extra": {k: v for k, v in self.extra.items() if k != "architecture"}, "architecture": arch,
                "model": base64.b64encode(payload).decode("ascii")}
+        doc["digest"] = self.digest = _content_digest(doc)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc))
+        return self.digest
+
+
+def _content_digest(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of a classifier document without its ``digest`` field, in canonical JSON."""
+    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "digest"}, sort_keys=True).encode()).hexdigest()
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> SimulationClassifier:
-    """Read a classifier written by :meth:`SimulationClassifier.save`."""
+    """Read a classifier written by :meth:`SimulationClassifier.save`.
+
+    Its :attr:`~SimulationClassifier.digest` is recomputed from the content (also for
+    files written before the digest was stored).
+
+    Raises:
+        ValueError: if the file is not a classifier, or its content does not match the
+            digest stored at save time (it was altered).
+    """
     doc = json.loads(Path(path).read_text())
     if doc.get("format") != "simobs-classifier/1":
         raise ValueError(f"{path}: not a simobs classifier file (format={doc.get('format')!r}); "
                          "rerun rule `train_classifier`")
+    digest = _content_digest(doc)
+    if doc.get("digest") not in (None, digest):
+        raise ValueError(f"{path}: its content has digest {digest} but it was saved with {doc['digest']}; it was "
+                         "altered after train_classifier wrote it: rerun rule `train_classifier`")
     payload = base64.b64decode(doc["model"])
     extra = dict(doc.get("extra") or {})
     if doc["backend"] == "xgboost":
@@ -203,8 +240,10 @@ def load_classifier(path: str | Path, device: str = "cpu") -> SimulationClassifi
         model = _mlp(arch["n_features"], arch["hidden"], arch["n_classes"], arch["dropout"])
         model.load_state_dict(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True))
         model.to(resolve_device(device)).eval()
-    return SimulationClassifier(doc["backend"], doc["class_names"], doc["n_features"], model,
-                                doc["temperature"], extra)
+    clf = SimulationClassifier(doc["backend"], doc["class_names"], doc["n_features"], model,
+                               doc["temperature"], extra)
+    clf.digest = digest
+    return clf
 
 
 # -- training ---------------------------------------------------------------------------

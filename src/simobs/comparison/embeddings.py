@@ -9,6 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from simobs.provenance import check_same_lineage
+
 __all__ = ["EmbeddingSet", "read_embeddings", "read_embedding_sets", "pool_simulations", "VAE_SPLITS"]
 
 VAE_SPLITS = ("train", "validation", "unused")
@@ -34,6 +36,9 @@ class EmbeddingSet:
         projection_ids: (N,) projection index, -1 for observations.
         vae_split: (N,) ``train`` / ``validation`` (the VAE trained, or validated, on the
             image) or ``unused``; ``None`` is all ``unused``.
+        vae_digest: ``model_digest`` of the VAE that made the embeddings (attr
+            ``vae_digest``); ``None`` for a file written before it was recorded.
+        path: The file read (named in lineage errors); ``None`` for sets built in memory.
     """
 
     source: str
@@ -45,6 +50,8 @@ class EmbeddingSet:
     galaxy_ids: np.ndarray
     projection_ids: np.ndarray
     vae_split: np.ndarray | None = None
+    vae_digest: str | None = None
+    path: str | None = None
 
     def __post_init__(self) -> None:
         if self.vae_split is None:
@@ -107,6 +114,8 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
             galaxy_ids=_strings(f["galaxy_ids"][...]),
             projection_ids=np.asarray(f["projection_ids"][...], dtype=np.int64),
             vae_split=vae_split,
+            vae_digest=str(f.attrs["vae_digest"]) if "vae_digest" in f.attrs else None,
+            path=str(path),
         )
     n = len(out)
     if out.embedding.ndim != 2 or any(len(a) != n for a in (out.recon_error, out.typicality_loss, out.ids,
@@ -122,12 +131,30 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
     return out
 
 
-def read_embedding_sets(paths: Sequence[str | Path]) -> list[EmbeddingSet]:
-    """Read several embedding files; source names must be distinct."""
+def read_embedding_sets(paths: Sequence[str | Path],
+                        lineage: tuple[str, str | None] | None = None) -> list[EmbeddingSet]:
+    """Read several embedding files made by one VAE; source names must be distinct.
+
+    Args:
+        paths: The embeddings files.
+        lineage: ``(name, vae_digest)`` of a further input the embeddings must match,
+            e.g. ``("classifier <path>", classifier.vae_digest)``: the VAE whose
+            embeddings a classifier trained on.
+
+    Raises:
+        LineageError: (a ValueError) if two files, or a file and ``lineage``, carry
+            different ``vae_digest`` values, naming each with its digest. Files without
+            one (written before it was recorded) are accepted with a warning.
+    """
     sets = [read_embeddings(p) for p in paths]
     names = [s.source for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate source names among the embedding files: {names}")
+    inputs = [(str(s.path), s.vae_digest) for s in sets] + ([lineage] if lineage is not None else [])
+    fix = ("Re-run rule `embed` for the stale sources (those whose vae_digest is not the current model's: "
+           "snakemake --forcerun embed)" + (f"; if {lineage[0]} is the stale input, re-run the rule that wrote it"
+                                            if lineage is not None else ""))
+    check_same_lineage(inputs, "vae_digest", fix)
     return sets
 
 

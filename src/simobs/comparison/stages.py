@@ -26,6 +26,7 @@ from simobs.comparison.selection import held_out_pass, observed_flags
 from simobs.comparison.splits import HELD_OUT_SPLITS
 from simobs.comparison.survey_calibration import survey_calibration
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
+from simobs.provenance import check_same_lineage, check_table_lineage, shared_digest
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
 __all__ = ["run_projection", "run_train_classifier", "run_model_posterior"]
@@ -48,26 +49,31 @@ def run_projection(embedding_paths: Sequence[str | Path], outputs: Mapping[str, 
 
 
 # -- train_classifier ---------------------------------------------------------------------
-def _decode_traversals(embedding_model: str | Path, latents: list[int], steps: int, span: float) -> dict[int, np.ndarray]:
+def _decode_traversals(embedding_model: str | Path, latents: list[int], steps: int, span: float,
+                       vae_digest: str | None = None) -> dict[int, np.ndarray]:
     """Decoded traversals {latent: (S, B, H, W)} of the VAE, each latent moved across
     ±``span`` times its spread over the training images (the embedding stage's
-    :func:`simobs.embedding.decode_latent_traversal`)."""
+    :func:`simobs.embedding.decode_latent_traversal`).  The VAE must be the one that made
+    the embeddings (``vae_digest``): another model's latents mean other things."""
     from simobs.embedding import decode_latent_traversal, load_model
 
-    model, _ = load_model(embedding_model)
+    model, info = load_model(embedding_model)
+    check_same_lineage([(f"embedding model {embedding_model}", info["model_digest"]),
+                        ("the classifier's training embeddings", vae_digest)], "vae_digest",
+                       "Re-run rule `embed` with this model for every source, then `train_classifier`")
     images, _ = decode_latent_traversal(model, latents, n_steps=steps, n_sigma=span)
     return {j: images[i] for i, j in enumerate(latents)}
 
 
 def _traversal_figure(top: pd.DataFrame, embedding_model: str | Path | None, n_latents: int, steps: int,
-                      span: float, out: Path) -> Path | None:
+                      span: float, out: Path, vae_digest: str | None = None) -> Path | None:
     """Traversal figure of the most important latents (None when no VAE model is given)."""
     if embedding_model is None:
         return None
     # latents ranked by their best rank over models, then by importance
     best = top.sort_values(["rank", "mean_abs_shap"], ascending=[True, False]).drop_duplicates("latent")
     latents = [int(j) for j in best["latent"].head(n_latents)]
-    imgs = _decode_traversals(embedding_model, latents, steps, span)
+    imgs = _decode_traversals(embedding_model, latents, steps, span, vae_digest)
     used_by = {j: ", ".join(top.loc[top.latent == j, "model"]) for j in latents}
     values = list(np.linspace(-span, span, steps))  # in units of each latent's spread
     return save_figure(plots.plot_latent_traversals(imgs, values, {j: f"z{j}\n({used_by[j]})" for j in latents}), out)
@@ -81,9 +87,15 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     Outputs: ``model`` (classifier JSON), ``predictions`` (held-out predictions of every
     simulated image, CSV), ``metrics`` (JSON), ``shap`` (top latents CSV) and figures
     ``reliability``, ``confusion``, ``shap_figure``, ``traversals`` (a placeholder figure
-    when no embedding model is given).
+    when no embedding model is given).  The classifier file and ``metrics`` record the
+    ``vae_digest`` of the embeddings and the classifier's own ``classifier_digest``.
+
+    Raises:
+        LineageError: if the embeddings files (or the embedding model of the traversals)
+            come from different VAEs.
     """
     sets = read_embedding_sets(embedding_paths)
+    vae_digest = shared_digest([e.vae_digest for e in sets])  # read_embedding_sets checked they agree
     s = dict(settings)
     split = s.get("split", {})
     fractions = (split.get("train", 0.7), split.get("validation", 0.15), split.get("test", 0.15))
@@ -92,11 +104,12 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
                                       max_ece=cal.get("max_ece", 0.02), n_bins=cal.get("n_bins", 15),
                                       seed=seed, on_epoch=on_epoch)
     clf = res.classifier
+    clf.extra["vae_digest"] = vae_digest
     clf.save(outputs["model"])
     write_table(res.predictions, outputs["predictions"])
     metrics = res.metrics()
-    write_json({**metrics, "class_names": clf.class_names, "confusion": res.report.confusion.tolist()},
-                outputs["metrics"])
+    write_json({**metrics, "class_names": clf.class_names, "confusion": res.report.confusion.tolist(),
+                "vae_digest": vae_digest, "classifier_digest": clf.digest}, outputs["metrics"])
 
     # SHAP on held-out galaxies (never on the training split: importance of what generalises)
     sims = [e for e in sets if not e.is_observation]
@@ -120,7 +133,7 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     ]
     trav = _traversal_figure(top, embedding_model, int(shap_cfg.get("n_traversal_latents", 6)),
                              int(shap_cfg.get("traversal_steps", 7)), float(shap_cfg.get("traversal_span", 3.0)),
-                             Path(outputs["traversals"]))
+                             Path(outputs["traversals"]), vae_digest)
     if trav is None:
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis("off")
@@ -143,15 +156,20 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     -n_kept log P_k(pass), P_k from the held-out simulated images, bootstrapped with them
     (see :mod:`simobs.comparison.posterior`); per-galaxy values are reported for all.
 
-    Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV), ``bayes_factors`` (CSV),
-    ``survey_calibration`` (CSV, :mod:`simobs.comparison.survey_calibration` on the
-    held-out simulated galaxies of ``predictions_path``), figures ``figure_bars`` and
-    ``figure_per_galaxy``.
+    Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV, with the ``classifier_digest`` and
+    ``vae_digest`` used), ``bayes_factors`` (CSV), ``survey_calibration`` (CSV,
+    :mod:`simobs.comparison.survey_calibration` on the held-out simulated galaxies of
+    ``predictions_path``), figures ``figure_bars`` and ``figure_per_galaxy``.
+
+    Raises:
+        LineageError: if the observed embeddings were made by another VAE than the
+            classifier's training embeddings, or the OOD tables by another classifier.
     """
-    sets = [e for e in read_embedding_sets(embedding_paths) if e.is_observation]
+    clf = load_classifier(classifier_path)
+    sets = [e for e in read_embedding_sets(embedding_paths, (f"classifier {classifier_path}", clf.vae_digest))
+            if e.is_observation]
     if not sets:
         raise ValueError("model_posterior needs at least one observation source among its embedding inputs")
-    clf = load_classifier(classifier_path)
     names = clf.class_names
     prior_cfg = settings.get("prior")
     prior = None
@@ -164,6 +182,8 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     scores = read_table(ood_scores_path, ["source", "kind", "id", "split", method, "ood_flagged"], "OOD scores",
                         "ood_scores")
     thresholds = read_table(ood_thresholds_path, ["reference", "score", "threshold"], "OOD thresholds", "ood_scores")
+    check_table_lineage(thresholds, ood_thresholds_path, "classifier_digest",
+                        (f"classifier {classifier_path}", clf.digest), "Re-run rule `ood_scores` with this classifier")
     interval = float(settings.get("interval", 0.68))
     per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {}, []
     for i, e in enumerate(sets):
@@ -191,6 +211,7 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         agg.insert(0, "observations", e.source)
         agg["n_counted"], agg["n_excluded_ood"] = int(keep.sum()), int(flagged.sum())
         agg["pass_rate"] = rates
+        agg["classifier_digest"], agg["vae_digest"] = clf.digest, clf.vae_digest
         aggregates.append(agg)
         bf = boot.bayes_factor_table(names, interval)
         bf.insert(0, "observations", e.source)
@@ -215,7 +236,7 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     overall = surveys[surveys.survey_of == "all"].iloc[0]
     metrics.update({"survey_win_rate": float(overall["win_rate"]), "survey_aggregate_ece": float(overall["aggregate_ece"])})
     cols_a = ["observations", "model", "posterior", "posterior_lo", "posterior_hi", "log_posterior", "log_posterior_lo",
-              "log_posterior_hi", "n_counted", "n_excluded_ood", "pass_rate"]
+              "log_posterior_hi", "n_counted", "n_excluded_ood", "pass_rate", "classifier_digest", "vae_digest"]
     write_table(pd.concat(aggregates, ignore_index=True) if aggregates else pd.DataFrame(columns=cols_a),
                 outputs["aggregate"])
     write_table(pd.concat(bfs, ignore_index=True) if bfs else pd.DataFrame(columns=["observations", "model_a", "model_b"]),

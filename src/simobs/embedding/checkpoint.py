@@ -4,10 +4,16 @@ Everything is written with ``torch.save`` of plain containers (dicts, lists, str
 numbers, tensors) through :func:`simobs.io.atomic_path`, so that both files load
 with ``torch.load(..., weights_only=True)`` (no arbitrary pickle is ever executed)
 and a crash mid-write never leaves a truncated file.
+
+The model file carries ``model_digest`` (:func:`model_digest`: weights + architecture),
+which :func:`load_model` recomputes and checks; every embeddings file records the
+digest of the VAE that made it (attr ``vae_digest``), so that downstream stages can
+refuse embeddings of two different models (:mod:`simobs.provenance`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -20,6 +26,7 @@ from simobs.io import atomic_path, write_text_atomic
 
 __all__ = [
     "MODEL_FORMAT",
+    "model_digest",
     "save_model",
     "load_model",
     "read_model_file",
@@ -32,6 +39,25 @@ log = logging.getLogger(__name__)
 #: Version tag of the model file layout; bump it when the layout changes.
 MODEL_FORMAT = "simobs.ksparse_vae/2"  # 2: traversal codes, active-unit statistics, split
 CHECKPOINT_FORMAT = "simobs.ksparse_vae.checkpoint/1"
+
+
+def model_digest(state_dict: Mapping[str, torch.Tensor], architecture: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a model's content: its architecture and every tensor of its state.
+
+    Tensors enter in sorted key order with their name, dtype and shape, then their raw
+    bytes (on the CPU, contiguous), so the digest depends on the values only: the same
+    weights give the same digest on any device, one changed weight another digest.
+
+    Args:
+        state_dict: The model's ``state_dict()`` (parameters and buffers).
+        architecture: :meth:`VAEArchitecture.to_dict` of the model.
+    """
+    h = hashlib.sha256(json.dumps(dict(architecture), sort_keys=True).encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_model(
@@ -57,6 +83,7 @@ def save_model(
     payload = {
         "format": MODEL_FORMAT,
         "architecture": model.arch.to_dict(),
+        "model_digest": model_digest(state, model.arch.to_dict()),
         "alpha": float(alpha),
         "beta": float(beta),
         "state_dict": state,
@@ -91,11 +118,34 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[KS
 
     Returns:
         ``(model, info)`` with the model in eval mode on ``device`` and ``info`` the
-        payload without the weights (``architecture``, ``alpha``, ``beta``, ``extra``).
+        payload without the weights (``architecture``, ``alpha``, ``beta``, ``extra``,
+        ``model_digest``: :func:`model_digest` of the weights read, also for files
+        written before the digest was stored).
+
+    Raises:
+        ValueError: if the weights do not fit the architecture the file records (naming
+            both), or do not match the digest stored at save time (the file was altered).
     """
     payload = read_model_file(path)
-    model = KSparseVAE(VAEArchitecture.from_dict(payload["architecture"]))
-    model.load_state_dict(payload.pop("state_dict"))
+    arch = VAEArchitecture.from_dict(payload["architecture"])
+    state = payload.pop("state_dict")
+    model = KSparseVAE(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists every key that does not fit; the first few say enough
+        detail = "; ".join(line.strip() for line in str(exc).strip().splitlines()[1:4])
+        raise ValueError(
+            f"{path}: its weights do not fit the architecture it records ({arch.to_dict()}): {detail}; the file "
+            "mixes two models, retrain with train_embedding"
+        ) from exc
+    digest = model_digest(state, payload["architecture"])
+    stored = payload.get("model_digest")
+    if stored is not None and stored != digest:
+        raise ValueError(
+            f"{path}: the weights have model_digest {digest} but the file was saved with {stored}; it was altered "
+            "after train_embedding wrote it: retrain (snakemake --forcerun train_embedding)"
+        )
+    payload["model_digest"] = digest
     model.to(device).eval()
     return model, payload
 

@@ -4,7 +4,8 @@ Writes ``results/embeddings/{source}.h5`` (docs/contracts.md): the masked poster
 mean (the embedding used downstream), the per-image reconstruction MSE and typicality
 loss (how typical each image is of the observations the VAE learnt; not a bound on
 ``-log p(x)``), whether the VAE trained on the image (``vae_split``), and the ids
-carried over from the image dataset.  Any source (observation or simulation) can be
+carried over from the image dataset, and in attr ``vae_digest`` the digest of the
+model that made them.  Any source (observation or simulation) can be
 encoded; encoding never changes the model.
 """
 
@@ -233,6 +234,8 @@ def embed_dataset(
             beta=beta,
             objective=objective,
             model=str(model_path),
+            # the lineage every consumer of several embeddings files checks (simobs.provenance)
+            vae_digest=info["model_digest"],
         )
         recon_all = recon[...] if n else np.zeros(0, np.float32)
         typicality_all = typicality[...] if n else np.zeros(0, np.float32)

@@ -551,6 +551,14 @@ def train_embedding(
     resumed_from: int | None = None
 
     state = load_checkpoint(checkpoint_path)
+    saved_arch = state.get("architecture") if state is not None else None
+    if saved_arch is not None and saved_arch != arch.to_dict():
+        # its weights cannot be loaded into this network: name both shapes, then start over
+        log.warning(
+            "checkpoint %s holds a network of another architecture (%s; now %s); starting training from scratch",
+            checkpoint_path, saved_arch, arch.to_dict(),
+        )
+        state = None
     if state is not None and state.get("fingerprint") != fingerprint:
         log.warning(
             "checkpoint %s was written for other settings, data or loader workers (fingerprint %s, now %s); "
@@ -698,6 +706,7 @@ def train_embedding(
             checkpoint_path,
             {
                 "fingerprint": fingerprint,
+                "architecture": arch.to_dict(),
                 "epoch": epoch,
                 "step": step,
                 "model": _cpu_state(model),

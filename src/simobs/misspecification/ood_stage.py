@@ -16,7 +16,9 @@ Outputs:
 * ``thresholds`` (CSV, one row per reference x score): ``reference`` (an observed
   source, or ``simulations``), ``score``, ``threshold``, ``tpr``, and per model
   ``pass_rate_<model>`` and ``n_heldout_<model>``: the fraction of that model's
-  held-out images at or below the threshold (P_k(pass), the selection term's input).
+  held-out images at or below the threshold (P_k(pass), the selection term's input),
+  and the lineage of the scores: ``classifier_digest`` (of the classifier used) and
+  ``vae_digest`` (of the VAE that made the embeddings scored).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pandas as pd
 from simobs.comparison.classifier import load_classifier
 from simobs.comparison.embeddings import read_embedding_sets
 from simobs.misspecification.scores import OOD_METHODS, OODScorer, flag_all
+from simobs.provenance import shared_digest
 from simobs.stagekit import StageOutput, read_table, write_table
 
 __all__ = ["run_ood_scores", "SIMULATIONS_REFERENCE"]
@@ -43,8 +46,14 @@ SIMULATIONS_REFERENCE = "simulations"
 
 def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str | Path, predictions_path: str | Path,
                    outputs: Mapping[str, str | Path], settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
-    """Score every image of every source and set the thresholds (config ``misspecification.ood``)."""
-    sets = read_embedding_sets(embedding_paths)
+    """Score every image of every source and set the thresholds (config ``misspecification.ood``).
+
+    Raises:
+        LineageError: if the embeddings were made by another VAE than the embeddings the
+            classifier trained on (or by two VAEs), naming each file and its digest.
+    """
+    clf = load_classifier(classifier_path)
+    sets = read_embedding_sets(embedding_paths, (f"classifier {classifier_path}", clf.vae_digest))
     obs_sets = [e for e in sets if e.is_observation]
     sim_sets = [e for e in sets if not e.is_observation]
     if not sim_sets:
@@ -53,7 +62,6 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
     if method not in OOD_METHODS:
         raise ValueError(f"misspecification.ood.score={method!r}; choose one of {list(OOD_METHODS)}")
     tpr = float(settings.get("tpr", 0.95))
-    clf = load_classifier(classifier_path)
     names = clf.class_names
     predictions = read_table(predictions_path, ["source", "id", "split"], "classifier predictions", "train_classifier")
     scorer = OODScorer(clf, sim_sets, predictions, knn_k=int(settings.get("knn_k", 10)),
@@ -76,6 +84,7 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
                                     "ood_flagged": flags[method]}))
     scores = pd.concat(frames, ignore_index=True)
     n_held = np.bincount(scorer.held_labels, minlength=len(names))
+    vae_digest = shared_digest([clf.vae_digest, *(e.vae_digest for e in sets)])
     rows = []
     for ref, thr in thresholds.items():
         rates = scorer.pass_rates(thr)
@@ -83,6 +92,7 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
             row = {"reference": ref, "score": m, "threshold": thr[m], "tpr": tpr}
             row.update({f"pass_rate_{n}": float(rates[m][k]) for k, n in enumerate(names)})
             row.update({f"n_heldout_{n}": int(n_held[k]) for k, n in enumerate(names)})
+            row.update(classifier_digest=clf.digest, vae_digest=vae_digest)
             rows.append(row)
     table = pd.DataFrame(rows)
     write_table(scores, outputs["scores"])

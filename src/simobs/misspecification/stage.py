@@ -40,6 +40,7 @@ from simobs.misspecification.ood_stage import SIMULATIONS_REFERENCE
 from simobs.misspecification.scores import OOD_METHODS
 from simobs.misspecification.typicality import STATISTICS, atypical_mask, generalisation_gap, typical_set_threshold
 from simobs.misspecification.verdict import Standardiser, mmd_power, verdict_rates
+from simobs.provenance import check_table_lineage, shared_digest
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
 __all__ = ["run_misspecification"]
@@ -93,6 +94,10 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
     simulation x observation source, CSV), ``verdict`` (JSON) and figures ``figure_energy``,
     ``figure_max_softmax``, ``figure_typicality``, ``figure_mmd``, ``gallery_observed``,
     ``gallery_simulated``.
+
+    Raises:
+        LineageError: if the embeddings were made by two VAEs, or the OOD tables scored
+            embeddings of another VAE (their ``vae_digest``).
     """
     sets = read_embedding_sets(embedding_paths)
     obs_sets = [e for e in sets if e.is_observation]
@@ -104,6 +109,9 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
     ood = read_table(ood_scores_path, ["source", "kind", "id", "split", "ood_flagged",
                                        *OOD_METHODS, *(f"flagged_{m}" for m in OOD_METHODS)], "OOD scores", "ood_scores")
     thr_table = read_table(ood_thresholds_path, ["reference", "score", "threshold"], "OOD thresholds", "ood_scores")
+    check_table_lineage(thr_table, ood_thresholds_path, "vae_digest",
+                        ("the embeddings files", shared_digest([e.vae_digest for e in sets])),
+                        "Re-run rule `ood_scores` on these embeddings")
     stat, q = typ_cfg.get("statistic", "recon_error"), float(typ_cfg.get("quantile", 0.99))
     if stat not in STATISTICS:
         raise ValueError(f"misspecification.typicality.statistic={stat!r}; choose one of {list(STATISTICS)}")
