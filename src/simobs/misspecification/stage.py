@@ -39,7 +39,7 @@ from simobs.misspecification.ood import HELD_OUT_SPLITS
 from simobs.misspecification.ood_stage import SIMULATIONS_REFERENCE
 from simobs.misspecification.scores import OOD_METHODS
 from simobs.misspecification.typicality import STATISTICS, atypical_mask, generalisation_gap, typical_set_threshold
-from simobs.misspecification.verdict import Standardiser, mmd_power, verdict_rates
+from simobs.misspecification.verdict import Standardiser, binomial_interval, mmd_power, verdict_rates
 from simobs.provenance import check_table_lineage, shared_digest
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
@@ -194,6 +194,10 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
             "survey_size": survey_n,
             "verdict_false_alarm_rate": {n: v[1] for n, v in fa.items()},  # surveys of each model: nominal <= alpha
             "test_false_alarm_rate": false_alarm,  # the test of a survey's own model rejects: nominal alpha
+            # 95 % Wilson intervals of both rates: n_fa surveys resolve alpha only to a few points
+            "false_alarm_replicates": n_fa,
+            "verdict_false_alarm_interval": {n: binomial_interval(v[1], n_fa) for n, v in fa.items()},
+            "test_false_alarm_interval": {n: binomial_interval(v, n_fa) for n, v in false_alarm.items()},
             "misspecified_rate_on_observed_surveys": rate_obs,  # power if the universe is misspecified
             "statement": (f"No simulation is consistent with {o.source} (MMD test rejects all at alpha={alpha}); "
                           f"{flagged:.1%} of its galaxies are out of distribution (nominal {1 - tpr:.1%}). Posterior "
