@@ -46,7 +46,7 @@ class SamplerMoments:
 
 def gaussian_sampler_moments(
     dust_power: np.ndarray, cmb_power: np.ndarray, sigma: float, schedule: LinearBetaSchedule, *,
-    method: str = "heun", n_steps: int = 20, time_power: float = 1.0,
+    method: str = "heun", n_steps: int = 16, time_power: float = 1.0,
 ) -> SamplerMoments:
     """Exact per-mode mean gain and variance of ``sample_posterior`` with the Gaussian predictor.
 
