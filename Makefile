@@ -28,17 +28,13 @@ install: $(STAMP)
 # On a workstation every job that asks for 2+ threads takes the whole of a 2-core machine,
 # so the demo would run one job at a time (18.8 min measured on 2 cores).  The demo caps
 # each job at half the cores (Snakemake's --max-threads; 1 on 2 cores) so that two jobs
-# always share the machine.  The image branch (observations and simulations up to the
-# comparison's tables, the critical path) and the score model's training go first, the
-# two separate shards fill the gaps: with only the VAE prioritised the shards held the
-# classifier back 2.5 minutes; with only the image branch the 5-minute training started
-# at minute 4.  A cluster profile is unaffected: there each job has its own cores.
+# always share the machine; the rules' priorities (workflow/rules/common.smk) order them
+# along the critical path.  A cluster profile is unaffected: each job has its own cores.
 NPROC       := $(shell nproc 2>/dev/null || echo 2)
 DEMO_THREADS ?= $(shell n=$$(( $(NPROC) / 2 )); [ $$n -ge 1 ] && echo $$n || echo 1)
-DEMO_FIRST  := results/model_posterior/aggregate.csv results/misspecification/verdict.json results/projection/umap.csv results/separation/score_model.pt
 
 demo: install
-	$(BIN)/snakemake --cores $(CORES) --max-threads $(DEMO_THREADS) --prioritize $(DEMO_FIRST) --configfile $(CONFIG)
+	$(BIN)/snakemake --cores $(CORES) --max-threads $(DEMO_THREADS) --configfile $(CONFIG)
 	@$(BIN)/python -m simobs.cli where --configfile $(CONFIG)
 
 report: install

@@ -41,6 +41,7 @@ rule project:
         # study seed + the stage's offset: stages draw different random streams
         seed=config["seed"] + config["projection"]["seed"],
     threads: 1  # a seeded UMAP runs single-threaded (bit-identical reruns)
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=16000,
         runtime=120,
@@ -94,6 +95,7 @@ rule train_classifier:
         settings=config["classifier"],
         seed=config["seed"] + config["classifier"]["seed"],
     threads: 4
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=16000,
         runtime=240,
@@ -124,6 +126,7 @@ rule ood_scores:
         settings=config["misspecification"]["ood"],
         seed=config["seed"] + config["misspecification"]["seed"],
     threads: 2
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=8000,
         runtime=60,
@@ -170,6 +173,7 @@ rule model_posterior:
         ood=config["misspecification"]["ood"],
         seed=config["seed"] + config["model_posterior"]["seed"],
     threads: 1
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=8000,
         runtime=60,
@@ -238,6 +242,7 @@ rule misspecification:
         seed=config["seed"] + config["misspecification"]["seed"],
         sources=list(SOURCES),
     threads: 2
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=8000,
         runtime=60,

@@ -19,6 +19,7 @@ rule frame_index:
         bands=lambda w: SOURCES[w.source]["bands"],
         # changes when frames are added or removed: reindexes (a listing, no file is opened)
         fingerprint=lambda w: "" if w.source in DEMO_SOURCES else files_fingerprint(SOURCES[w.source]["path"]),
+    priority: PRIORITY_VAE_CHAIN
     resources:
         mem_mb=1000,
         runtime=60,
@@ -44,6 +45,7 @@ rule cutout_plan:
     params:
         source=lambda w: SOURCES[w.source],
         image_size=config["ingest"]["image_size"],
+    priority: PRIORITY_VAE_CHAIN
     resources:
         mem_mb=4000,
         runtime=60,
@@ -69,6 +71,7 @@ rule cutout_shard:
         source=lambda w: SOURCES[w.source],
         image_size=config["ingest"]["image_size"],
         n_shards=lambda w: n_shards(w.source),
+    priority: PRIORITY_VAE_CHAIN
     resources:
         mem_mb=3000,
         runtime=240,

@@ -13,6 +13,7 @@ rule make_demo_source:
     params:
         settings=lambda w: demo_source_settings(config, w.source),
     threads: lambda w: config["demo"]["workers"]
+    priority: source_priority
     resources:
         mem_mb=2000,
         runtime=60,

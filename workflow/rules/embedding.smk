@@ -64,6 +64,7 @@ rule train_embedding:
         # checkpoint must survive a crash or a SLURM time limit so the rerun resumes.
         checkpoint_dir="results/embedding/checkpoints",
     threads: 4
+    priority: PRIORITY_VAE_CHAIN
     resources:
         mem_mb=16000,
         runtime=720,  # minutes; the GPU itself comes from the SLURM profile
@@ -91,6 +92,7 @@ rule embed:
         batch_size=EMBEDDING["embed_batch_size"],
         device=EMBEDDING["device"],
     threads: 2
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=4000,
         runtime=60,

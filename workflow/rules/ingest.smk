@@ -18,6 +18,7 @@ rule index_source:
         pattern=lambda w: SOURCES[w.source]["path"],
         # changes when files are added to or removed from a real source: reruns its ingestion
         fingerprint=lambda w: "" if w.source in DEMO_SOURCES else files_fingerprint(SOURCES[w.source]["path"]),
+    priority: source_priority
     resources:
         mem_mb=1000,
         runtime=30,
@@ -42,6 +43,7 @@ rule ingest_shard:
         source=lambda w: SOURCES[w.source],
         settings=config["ingest"],
         n_shards=lambda w: n_shards(w.source),
+    priority: source_priority
     resources:
         mem_mb=2000,
         runtime=120,
@@ -72,6 +74,7 @@ rule ingest_merge:
         # where the rejected-files manifest goes when the merge fails (Snakemake then deletes
         # the job's outputs, the manifest among them; this file is no output)
         failure_manifest=lambda w: f"results/logs/ingest_merge/{w.source}.rejected.tsv",
+    priority: source_priority
     resources:
         mem_mb=4000,
         runtime=120,

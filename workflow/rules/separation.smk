@@ -39,6 +39,7 @@ rule make_fields:
         seed=SEPARATION_SEED,
         on_bad_file=config["ingest"]["on_bad_file"],
         max_rejected_fraction=config["ingest"]["max_rejected_fraction"],
+    priority: PRIORITY_SCORE_MODEL
     resources:
         mem_mb=4000,
         runtime=30,
@@ -73,6 +74,7 @@ rule train_score_model:
         # checkpoint must survive a crash or a SLURM time limit so that the rerun resumes.
         checkpoint="results/separation/checkpoints/score_model.ckpt",
     threads: 2
+    priority: PRIORITY_SCORE_MODEL
     resources:
         mem_mb=8000,
         runtime=720,  # minutes; the GPU itself comes from the SLURM profile
