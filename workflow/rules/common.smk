@@ -57,8 +57,6 @@ PRIORITY_VAE_CHAIN, PRIORITY_SIMULATIONS, PRIORITY_SCORE_MODEL, PRIORITY_IMAGES 
 
 def source_priority(wildcards):
     return PRIORITY_VAE_CHAIN if wildcards.source in OBSERVATIONS else PRIORITY_SIMULATIONS
-
-
 SIMULATIONS = [n for n, s in SOURCES.items() if s["kind"] == "simulation"]
 DEMO_SOURCES = [n for n, s in SOURCES.items() if s.get("demo_model")]
 
