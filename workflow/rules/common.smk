@@ -47,16 +47,15 @@ OBSERVATIONS = [n for n, s in SOURCES.items() if s["kind"] == "observation"]
 # Scheduling priorities along the critical path: when jobs compete for cores (a
 # workstation, or a cluster's queue limit), Snakemake starts the higher ones first.
 # 3: the observations' chain up to the VAE (every comparison waits for the embedding);
-# 2: the simulations' generation and ingestion (the classifier waits for every source)
-#    and the score model's training (long and independent: start it early);
-# 1: the comparison stages; 0 (the rest: the separate shards, the evaluation, the
-# summary) fills the gaps.  On 2 cores the demo measured 15.5-19 minutes with other
-# orders (README "Two commands").
-PRIORITY_VAE_CHAIN, PRIORITY_SIMULATIONS, PRIORITY_SCORE_MODEL, PRIORITY_IMAGES = 3, 2, 2, 1
+# 2: the score model's training (long and independent: start it early);
+# 1: the simulations and the comparison stages; 0 (the rest: the separate shards, the
+# evaluation, the summary) fills the gaps.  On 2 cores the other orders were measured
+# 15.5-19 minutes for the demo (`make demo`, README "Two commands").
+PRIORITY_VAE_CHAIN, PRIORITY_SCORE_MODEL, PRIORITY_IMAGES = 3, 2, 1
 
 
 def source_priority(wildcards):
-    return PRIORITY_VAE_CHAIN if wildcards.source in OBSERVATIONS else PRIORITY_SIMULATIONS
+    return PRIORITY_VAE_CHAIN if wildcards.source in OBSERVATIONS else PRIORITY_IMAGES
 SIMULATIONS = [n for n, s in SOURCES.items() if s["kind"] == "simulation"]
 DEMO_SOURCES = [n for n, s in SOURCES.items() if s.get("demo_model")]
 

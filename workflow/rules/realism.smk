@@ -23,7 +23,7 @@ rule realism:
         settings=config["ingest"],
         seed=config["seed"],
         n_shards=lambda w: n_shards(w.source),
-    priority: PRIORITY_SIMULATIONS
+    priority: PRIORITY_IMAGES
     resources:
         mem_mb=2000,
         runtime=120,
