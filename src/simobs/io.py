@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputWriteError", "atomic_path", "file_digest", "config_digest", "write_text_atomic"]
+__all__ = ["OutputWriteError", "atomic_path", "file_digest", "config_digest", "content_digest", "write_text_atomic"]
 
 
 class OutputWriteError(OSError):
@@ -165,7 +165,12 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def content_digest(obj: Mapping[str, Any]) -> str:
+    """SHA-256 (64 hex digits) of a mapping in canonical JSON (key order ignored)."""
+    text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def config_digest(config: Mapping[str, Any]) -> str:
     """Short SHA-256 of a configuration mapping in canonical JSON (key order ignored)."""
-    text = json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_digest(config)[:16]

@@ -25,7 +25,6 @@ Shapes: X is (N, D) embeddings, logits (N, K), attributions (N, K, D).
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import logging
@@ -206,7 +205,9 @@ class SimulationClassifier:
 
 def _content_digest(doc: Mapping[str, Any]) -> str:
     """SHA-256 of a classifier document without its ``digest`` field, in canonical JSON."""
-    return hashlib.sha256(json.dumps({k: v for k, v in doc.items() if k != "digest"}, sort_keys=True).encode()).hexdigest()
+    from simobs.io import content_digest
+
+    return content_digest({k: v for k, v in doc.items() if k != "digest"})
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> SimulationClassifier:
