@@ -15,7 +15,14 @@ STAMP      := $(VENV)/.simobs-installed
 .PHONY: install demo test test-fast ui report lint clean-results bench
 
 # --no-compile: Python compiles what is imported, on first import, instead of pip
-# compiling every installed file (1 min 17 s instead of 3 min on 2 cores).
+# compiling every installed file (1 min 17 s instead of 3 min on 2 cores).  That relies on
+# Python caching what it compiled (__pycache__), which PYTHONDONTWRITEBYTECODE=1 forbids:
+# some machines (the project's CI among them) set it, and then every Snakemake job
+# recompiled the ~2,000 modules it imports (6.5 s of a 10.8 s ingest job, measured).  The
+# recipes below run without it (snakemake's own start, pytest); the Snakefile clears it for
+# the jobs of any `snakemake` run, made by make or not.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile $(TORCH_SPEC) 2>&1 | grep -v '^WARNING: Location' || true
