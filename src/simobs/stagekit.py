@@ -33,6 +33,13 @@ class StageOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
+    #: Digests of what the outputs were made from (``vae_digest``, ``classifier_digest``),
+    #: logged by the rule scripts as MLflow tags ``simobs.<name>``.
+    lineage: dict[str, str] = field(default_factory=dict)
+
+    def lineage_tags(self) -> dict[str, str]:
+        """The lineage as MLflow tags (``simobs.vae_digest``, ...), unknown digests left out."""
+        return {f"simobs.{k}": v for k, v in self.lineage.items() if v}
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 130) -> Path:

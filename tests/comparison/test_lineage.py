@@ -81,16 +81,42 @@ def test_one_lineage_is_recorded_in_the_classifier_ood_tables_and_posterior(tmp_
     assert clf.vae_digest == VAE_A and len(clf.digest) == 64
     metrics = json.loads(out["metrics"].read_text())
     assert metrics["vae_digest"] == VAE_A and metrics["classifier_digest"] == clf.digest
+    assert set(pd.read_csv(out["predictions"])["classifier_digest"]) == {clf.digest}
+    tags = {"simobs.vae_digest": VAE_A, "simobs.classifier_digest": clf.digest}  # the scripts' MLflow tags
+    assert run_train_classifier(paths, _classifier_outputs(tmp_path / "again"), CLASSIFIER, seed=0).lineage_tags() == tags
     ood = {"scores": tmp_path / "ood" / "scores.csv", "thresholds": tmp_path / "ood" / "thresholds.csv"}
-    run_ood_scores(paths, out["model"], out["predictions"], ood, OOD, seed=0)
+    assert run_ood_scores(paths, out["model"], out["predictions"], ood, OOD, seed=0).lineage_tags() == tags
     thr = pd.read_csv(ood["thresholds"])
     assert set(thr["classifier_digest"]) == {clf.digest} and set(thr["vae_digest"]) == {VAE_A}
     post = _posterior_outputs(tmp_path)
-    run_model_posterior([paths[4]], out["model"], out["predictions"], ood["scores"], ood["thresholds"], post,
-                        {"n_bootstrap": 10, "survey_calibration": {"n_surveys": 5, "survey_size": 10,
-                                                                  "n_bootstrap": 5}}, OOD, seed=0)
+    result = run_model_posterior([paths[4]], out["model"], out["predictions"], ood["scores"], ood["thresholds"], post,
+                                 {"n_bootstrap": 10, "survey_calibration": {"n_surveys": 5, "survey_size": 10,
+                                                                           "n_bootstrap": 5}}, OOD, seed=0)
+    assert result.lineage_tags() == tags
     agg = pd.read_csv(post["aggregate"])
     assert set(agg["classifier_digest"]) == {clf.digest} and set(agg["vae_digest"]) == {VAE_A}
+
+
+def test_predictions_of_another_classifier_are_refused(tmp_path):
+    """The held-out predictions (OOD thresholds, survey calibration) must come from the classifier used."""
+    paths = _write(tmp_path, [VAE_A] * 5)
+    out = _train(tmp_path, paths)
+    other = _classifier_outputs(tmp_path / "other")
+    run_train_classifier(paths, other, {**CLASSIFIER, "xgboost": {**CLASSIFIER["xgboost"], "n_estimators": 6}}, seed=1)
+    mine, theirs = load_classifier(out["model"]).digest, load_classifier(other["model"]).digest
+    assert mine != theirs
+    ood = {"scores": tmp_path / "ood" / "scores.csv", "thresholds": tmp_path / "ood" / "thresholds.csv"}
+    with pytest.raises(LineageError, match="Re-run rule `train_classifier`") as err:
+        run_ood_scores(paths, out["model"], other["predictions"], ood, OOD, seed=0)
+    assert mine in str(err.value) and theirs in str(err.value) and str(other["predictions"]) in str(err.value)
+    assert not ood["scores"].exists()
+    run_ood_scores(paths, out["model"], out["predictions"], ood, OOD, seed=0)
+    post = _posterior_outputs(tmp_path)
+    with pytest.raises(LineageError, match="Re-run rule `train_classifier`") as err:
+        run_model_posterior([paths[4]], out["model"], other["predictions"], ood["scores"], ood["thresholds"], post,
+                            {"n_bootstrap": 10}, OOD, seed=0)
+    assert mine in str(err.value) and theirs in str(err.value)
+    assert not post["aggregate"].exists()
 
 
 def test_posterior_and_ood_refuse_embeddings_of_another_vae_than_the_classifiers(tmp_path):

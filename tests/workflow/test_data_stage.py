@@ -115,6 +115,26 @@ def test_one_mlflow_run_per_job_with_its_tags(tiny_study):
     assert m.inputs.dataset_inputs and m.inputs.dataset_inputs[0].dataset.digest
 
 
+def test_job_runs_carry_the_lineage_digests_of_their_artefacts(tiny_study):
+    """One VAE and one classifier made every number: their digests tag the runs that used them."""
+    w = tiny_study.workdir
+    _, runs = job_runs(w)
+    by_rule: dict[str, list] = {}
+    for r in runs:
+        by_rule.setdefault(r.data.tags.get("simobs.rule", ""), []).append(r)
+    with h5py.File(w / "results/embeddings/sdss_demo.h5") as f:
+        vae = str(f.attrs["vae_digest"])
+    classifier = json.loads((w / "results/classifier/classifier.json").read_text())["digest"]
+    assert len(vae) == 64 and len(classifier) == 64
+    for rule in ("train_embedding", "embed", "train_classifier", "ood_scores", "model_posterior", "misspecification"):
+        assert by_rule.get(rule), rule
+        assert {r.data.tags.get("simobs.vae_digest") for r in by_rule[rule]} == {vae}, rule
+    for rule in ("train_classifier", "ood_scores", "model_posterior"):
+        assert {r.data.tags.get("simobs.classifier_digest") for r in by_rule[rule]} == {classifier}, rule
+    predictions = pd.read_csv(w / "results/classifier/heldout_predictions.csv")
+    assert set(predictions["classifier_digest"]) == {classifier}
+
+
 def test_dry_run_after_success_has_nothing_to_do(tiny_study):
     res = run_snakemake(tiny_study.workdir, "-n")
     assert res.returncode == 0 and "Nothing to be done" in res.output

@@ -17,7 +17,7 @@ with job_run(snakemake, params={"alpha": p.alpha, "batch_size": p.batch_size, "d
         batch_size=p.batch_size,
         device=p.device,
     )
-    run.set_tags({"simobs.source_kind": summary.kind})
+    run.set_tags({"simobs.source_kind": summary.kind, "simobs.vae_digest": summary.vae_digest})
     run.log_metrics(summary.metrics())
     run.log_input_dataset(
         snakemake.output.embeddings, f"{snakemake.wildcards.source}-embeddings", context="output"

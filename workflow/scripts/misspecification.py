@@ -14,6 +14,7 @@ with job_run(snakemake) as run:
         snakemake.params.settings,
         seed=snakemake.params.seed,
     )
+    run.set_tags(result.lineage_tags())  # simobs.vae_digest, simobs.classifier_digest
     run.log_metrics(result.metrics)
     for name in ("summary", "mmd", "verdict", "scores"):
         run.log_artifact(snakemake.output[name], "tables")

@@ -15,6 +15,7 @@ with job_run(snakemake) as run:
         snakemake.params.ood,
         seed=snakemake.params.seed,
     )
+    run.set_tags(result.lineage_tags())  # simobs.vae_digest, simobs.classifier_digest
     run.log_metrics(result.metrics)
     for name in ("aggregate", "bayes_factors", "per_galaxy", "survey_calibration"):
         run.log_artifact(snakemake.output[name], "tables")

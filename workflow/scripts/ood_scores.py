@@ -12,6 +12,7 @@ with job_run(snakemake) as run:
         snakemake.params.settings,
         seed=snakemake.params.seed,
     )
+    run.set_tags(result.lineage_tags())  # simobs.vae_digest, simobs.classifier_digest
     run.log_metrics(result.metrics)
     for name in ("scores", "thresholds"):
         run.log_artifact(snakemake.output[name], "tables")

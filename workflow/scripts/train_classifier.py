@@ -17,6 +17,7 @@ with job_run(snakemake) as run:
         embedding_model=snakemake.input.embedding_model,
         on_epoch=run.log_metrics,
     )
+    run.set_tags(result.lineage_tags())  # simobs.vae_digest, simobs.classifier_digest
     run.log_metrics(result.metrics)
     for name in ("metrics", "shap", "model"):
         run.log_artifact(snakemake.output[name], "classifier")

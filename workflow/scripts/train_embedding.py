@@ -36,6 +36,7 @@ with job_run(snakemake, params={**settings.to_dict(), "train_sources": p.sources
     final = {**result.final_metrics, "resumed_from_epoch": result.resumed_from_epoch or 0}
     write_text_atomic(out.metrics, json.dumps(final, indent=2) + "\n")
     run.log_metrics({f"final_{k}": v for k, v in final.items()})
+    run.set_tags({"simobs.vae_digest": result.model_digest})  # what its embeddings carry
     for path in figures.values():
         run.log_artifact(path, "figures")
     run.log_artifact(out.architecture, "model")

@@ -106,7 +106,8 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
     clf = res.classifier
     clf.extra["vae_digest"] = vae_digest
     clf.save(outputs["model"])
-    write_table(res.predictions, outputs["predictions"])
+    # the held-out predictions are read beside the classifier file: the digest ties them to it
+    write_table(res.predictions.assign(classifier_digest=clf.digest), outputs["predictions"])
     metrics = res.metrics()
     write_json({**metrics, "class_names": clf.class_names, "confusion": res.report.confusion.tolist(),
                 "vae_digest": vae_digest, "classifier_digest": clf.digest}, outputs["metrics"])
@@ -141,7 +142,8 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
         trav = save_figure(fig, outputs["traversals"])
     figs.append(trav)
     log.info("classifier: n_bins=%d, test accuracy %.3f, ECE %.4f", nb, res.report.accuracy, res.report.ece)
-    return StageOutput(metrics, {"top_latents": top}, figs)
+    return StageOutput(metrics, {"top_latents": top}, figs,
+                       lineage={"vae_digest": vae_digest or "", "classifier_digest": clf.digest})
 
 
 # -- model_posterior ----------------------------------------------------------------------
@@ -184,6 +186,10 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     thresholds = read_table(ood_thresholds_path, ["reference", "score", "threshold"], "OOD thresholds", "ood_scores")
     check_table_lineage(thresholds, ood_thresholds_path, "classifier_digest",
                         (f"classifier {classifier_path}", clf.digest), "Re-run rule `ood_scores` with this classifier")
+    pred = read_table(predictions_path, ["source", "galaxy_id", "label", "split"], "classifier predictions",
+                      "train_classifier")
+    check_table_lineage(pred, predictions_path, "classifier_digest", (f"classifier {classifier_path}", clf.digest),
+                        "Re-run rule `train_classifier`: its predictions and classifier file come from one run")
     interval = float(settings.get("interval", 0.68))
     per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {}, []
     for i, e in enumerate(sets):
@@ -224,8 +230,6 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         figs.append(save_figure(plots.plot_per_galaxy_posteriors(np.nan_to_num(probs, nan=1.0 / len(names)), names,
                                                                  flagged), _suffixed(outputs["figure_per_galaxy"], sfx)))
     write_table(pd.concat(per_galaxy, ignore_index=True), outputs["per_galaxy"])
-    pred = read_table(predictions_path, ["source", "galaxy_id", "label", "split"], "classifier predictions",
-                      "train_classifier")
     held = pred[pred.split.isin(HELD_OUT_SPLITS)]
     sc = settings.get("survey_calibration", {}) or {}
     surveys = survey_calibration(held[[f"logit_{n}" for n in names]].to_numpy(), held["label"].to_numpy(),
@@ -247,7 +251,8 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
             ax.axis("off")
             ax.text(0.5, 0.5, "no galaxy passed the OOD check", ha="center", va="center")
             figs.append(save_figure(fig, outputs[key]))
-    return StageOutput(metrics, {}, figs)
+    return StageOutput(metrics, {}, figs,
+                       lineage={"vae_digest": clf.vae_digest or "", "classifier_digest": clf.digest})
 
 
 def _suffixed(path: str | Path, suffix: str) -> Path:

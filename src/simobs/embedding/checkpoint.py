@@ -68,8 +68,8 @@ def save_model(
     beta: float,
     extra: Mapping[str, Any] | None = None,
     architecture_json: str | Path | None = None,
-) -> None:
-    """Write the trained model (weights + architecture + inference settings).
+) -> str:
+    """Write the trained model (weights + architecture + inference settings); return its ``model_digest``.
 
     Args:
         path: Target ``.pt`` file.
@@ -80,10 +80,11 @@ def save_model(
         architecture_json: Also write the architecture (plus alpha, beta) as JSON here.
     """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    digest = model_digest(state, model.arch.to_dict())
     payload = {
         "format": MODEL_FORMAT,
         "architecture": model.arch.to_dict(),
-        "model_digest": model_digest(state, model.arch.to_dict()),
+        "model_digest": digest,
         "alpha": float(alpha),
         "beta": float(beta),
         "state_dict": state,
@@ -94,6 +95,7 @@ def save_model(
     if architecture_json is not None:
         doc = {"format": MODEL_FORMAT, "architecture": model.arch.to_dict(), "alpha": alpha, "beta": beta}
         write_text_atomic(architecture_json, json.dumps(doc, indent=2) + "\n")
+    return digest
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class EmbeddingSummary:
     median_typicality_loss: float
     used_latents: int
     images_per_s: float
+    vae_digest: str = ""  # model_digest of the VAE that encoded them
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -251,6 +252,7 @@ def embed_dataset(
         median_typicality_loss=float(np.median(typicality_all)) if n else float("nan"),
         used_latents=int(used.sum()),
         images_per_s=n / max(elapsed, 1e-9),
+        vae_digest=str(info["model_digest"]),
     )
     log.info(
         "encoded %d images of %s (%s) with k=%d: mean MSE %.4g, median typicality loss %.4g, %d latents used, "

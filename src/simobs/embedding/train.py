@@ -77,6 +77,7 @@ class TrainingResult:
         train_sources: Names of the sources trained on.
         val_blocks: The held-out blocks (for figures).
         train_blocks: The training blocks.
+        model_digest: The written model's digest (what its embeddings carry as ``vae_digest``).
     """
 
     model: KSparseVAE
@@ -88,6 +89,7 @@ class TrainingResult:
     train_sources: list[str]
     val_blocks: list[Block] = field(repr=False)
     train_blocks: list[Block] = field(repr=False)
+    model_digest: str = ""
 
 
 class _LogLines:
@@ -766,7 +768,7 @@ def train_embedding(
     }
     model.cpu()
     model = model.to(memory_format=torch.contiguous_format)
-    save_model(
+    digest = save_model(
         model_path,
         model,
         alpha=settings.alpha,
@@ -798,4 +800,5 @@ def train_embedding(
         train_sources=[i.source for i in infos],
         val_blocks=list(val_blocks),
         train_blocks=list(train_blocks),
+        model_digest=digest,
     )

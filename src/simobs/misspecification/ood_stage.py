@@ -34,7 +34,7 @@ import pandas as pd
 from simobs.comparison.classifier import load_classifier
 from simobs.comparison.embeddings import read_embedding_sets
 from simobs.misspecification.scores import OOD_METHODS, OODScorer, flag_all
-from simobs.provenance import shared_digest
+from simobs.provenance import check_table_lineage, shared_digest
 from simobs.stagekit import StageOutput, read_table, write_table
 
 __all__ = ["run_ood_scores", "SIMULATIONS_REFERENCE"]
@@ -64,6 +64,9 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
     tpr = float(settings.get("tpr", 0.95))
     names = clf.class_names
     predictions = read_table(predictions_path, ["source", "id", "split"], "classifier predictions", "train_classifier")
+    check_table_lineage(predictions, predictions_path, "classifier_digest",
+                        (f"classifier {classifier_path}", clf.digest),
+                        "Re-run rule `train_classifier`: its predictions and classifier file come from one run")
     scorer = OODScorer(clf, sim_sets, predictions, knn_k=int(settings.get("knn_k", 10)),
                        knn_components=int(settings.get("knn_components", 128)), seed=seed)
     split_of = dict(zip(zip(predictions["source"], predictions["id"]), predictions["split"]))
@@ -102,4 +105,5 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
         part = scores[scores.source == o.source]
         metrics.update({f"{o.source}_flagged_fraction_{m}": float(part[f"flagged_{m}"].mean()) for m in OOD_METHODS})
     log.info("OOD scores of %d images from %d sources; thresholds at TPR %.2f", len(scores), len(sets), tpr)
-    return StageOutput(metrics, {"scores": scores, "thresholds": table}, [])
+    return StageOutput(metrics, {"scores": scores, "thresholds": table}, [],
+                       lineage={"vae_digest": vae_digest or "", "classifier_digest": clf.digest})

@@ -246,4 +246,5 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
                              n_gal, dataset_paths, f"Most atypical simulated galaxies ({stat}: unlike the observations)"),
                     outputs["gallery_simulated"]),
     ]
-    return StageOutput(metrics, {"summary": summary, "mmd": mmd}, figs)
+    return StageOutput(metrics, {"summary": summary, "mmd": mmd}, figs,
+                       lineage={"vae_digest": shared_digest([e.vae_digest for e in sets]) or ""})
