@@ -6,7 +6,8 @@ shared and noisy), next to the raw seconds.  Rows (the issue's items):
 1. ``dag``       -- ``snakemake -n`` on N observed files (benchmarks/dry_run_scaling.py), linear extrapolation to 600k.
 2. ``ingest``    -- files/s of the ingestion stages; ``INGEST_STAGES`` is the hook where the
    realism and SDSS-frame cutout stages (other branches) add their rows.  Not measured yet.
-3. ``loader``    -- not measured yet (see README "Performance").
+3. ``loader``    -- images/s of the HDF5 training loader against the images/s a training step
+   consumes, and training fed by the loader against training from batches in memory.
 4. ``train``     -- images/s of one k-sparse VAE training step (default settings, CPU) and the
    achieved FLOP rate as a fraction of a large float32 matmul measured in the same run.
 5. ``encode``    -- images/s of inference-mode encoding at the configured batch against batch 64.
@@ -106,6 +107,64 @@ def bench_dag(quick: bool) -> list[Row]:
 INGEST_STAGES: dict[str, Callable[[bool], list[Row]]] = {}
 
 
+def _ingest_slice(args: tuple) -> int:
+    """One shard job: ingest_source_shard over its slice of the file index (a rule's library call)."""
+    from simobs.data.ingest import ingest_source_shard
+
+    index, source, settings, shard, n_shards, out = args
+    return ingest_source_shard(source, settings, shard=shard, n_shards=n_shards, out=out, manifest=f"{out}.tsv",
+                               index=index).n_images
+
+
+def _naive_read(files: list[str], out: Path) -> int:
+    """The baseline: astropy's getdata per file, stacked and written as one HDF5 dataset."""
+    import h5py
+    from astropy.io import fits
+
+    images = np.stack([np.asarray(fits.getdata(f), dtype=np.float32) for f in files])
+    with h5py.File(out, "w") as h5:
+        h5.create_dataset("images", data=images)
+    return len(images)
+
+
+def bench_ingest_cubes(quick: bool) -> list[Row]:
+    """ingest_shard on the demo's FITS cubes (int16 + BSCALE/BZERO: the `bulgy` source) against
+    the naive loop, in one process and as 2 shard jobs at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from simobs.data.demo_universe import write_demo_source
+    from simobs.data.ingest import list_source_files, write_file_index
+
+    cfg = _config()
+    source = next(s for s in cfg["sources"] if s["name"] == "bulgy")
+    n_galaxies = 20 if quick else 200
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "bulgy"
+        write_demo_source(folder, source="bulgy", kind="simulation", model=source["demo_model"], n_galaxies=n_galaxies,
+                          n_projections=3, seed=3, band_order=source["cube_band_order"], integer=True,
+                          workers=min(2, os.cpu_count() or 1))
+        files = list_source_files(str(folder / "*.fits"))
+        source = {**source, "path": str(folder / "*.fits")}
+        t_naive = _timed(lambda: _naive_read(files, Path(tmp) / "naive.h5"), repeat=2)
+        index = Path(tmp) / "index.txt"
+        write_file_index(source["path"], index, source="bulgy")
+        t_one = _timed(lambda: _ingest_slice((index, source, cfg["ingest"], 0, 1, Path(tmp) / "one.h5")), repeat=2)
+        halves = [(index, source, cfg["ingest"], i, 2, Path(tmp) / f"half{i}.h5") for i in range(2)]
+        with ProcessPoolExecutor(2) as pool:
+            list(pool.map(_ingest_slice, halves))  # warm the workers' imports
+            t_two = _timed(lambda: list(pool.map(_ingest_slice, halves)), repeat=2)
+    n = len(files)
+    note = f"{n} files of (3, 64, 64) int16 cubes with BSCALE/BZERO (the demo's bulgy source)"
+    return [Row("2 ingest", "naive loop (astropy getdata + one HDF5 write)", n / t_naive, "files/s", note=note),
+            Row("2 ingest", "ingest_shard, 1 process", n / t_one, "files/s/core", "naive loop", t_naive / t_one,
+                note="validation, ids, normalisation, chunked HDF5 shard"),
+            Row("2 ingest", "ingest_shard, 2 shard jobs at once", n / t_two / 2, "files/s/core", "1 process",
+                t_one / t_two / 2, note=f"speed-up {t_one / t_two:.2f}x on {os.cpu_count()} cores")]
+
+
+INGEST_STAGES["cube files"] = bench_ingest_cubes
+
+
 def bench_ingest(quick: bool) -> list[Row]:
     rows = [row for stage in INGEST_STAGES.values() for row in stage(quick)]
     return rows or [Row("2 ingest", "ingestion files/s", float("nan"), "files/s",
@@ -133,21 +192,32 @@ def _matmul_flops(n: int = 2048) -> float:
     return 2 * n**3 / t
 
 
+def _train_step(model, settings) -> Callable[[object], None]:
+    """One optimisation step of the configured objective on a batch ``x`` (AuxK left out)."""
+    import torch
+
+    from simobs.embedding.train import objective_loss
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(x) -> None:
+        opt.zero_grad(set_to_none=True)
+        objective_loss(model, x, settings.k, settings)[2].backward()  # the trainer's own loss
+        opt.step()
+
+    return step
+
+
 def bench_train(quick: bool) -> list[Row]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from simobs.embedding.model import elbo_terms
-
     model, settings, bands, size = _vae(_config())
     x = torch.randn(settings.batch_size, bands, size, size)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    train_step = _train_step(model, settings)
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        out = model(x, k=settings.k)
-        elbo_terms(x, out.x_hat, out.kl, settings.beta)["loss"].mean().backward()
-        opt.step()
+        train_step(x)
 
     step()  # warm-up (allocator, kernels)
     with FlopCounterMode(display=False) as counter:
@@ -302,10 +372,82 @@ def bench_separation(quick: bool) -> list[Row]:
                 "from t=1", note=f"expected ~t* = {t_star:.2f} (largest sigma {sigma:g})")]
 
 
-# ---------------------------------------------------------------- 3: not yet; 9. demo
-def bench_not_yet(item: str, what: str) -> Callable[[bool], list[Row]]:
-    return lambda quick: [Row(item, what, float("nan"), "", note="not measured yet (see README Performance)")]
+# ---------------------------------------------------------------- 3. data loading
+def _image_file(path: Path, n: int, bands: int, size: int, chunk: int) -> Path:
+    """An image dataset laid out as ingest_merge writes it (docs/contracts.md): float32
+    ``images`` chunked by ``chunk_images`` rows, ids, attributes."""
+    import h5py
 
+    rng = np.random.default_rng(0)
+    ids = np.array([f"obs-{i:07d}" for i in range(n)], dtype=object)
+    with h5py.File(path, "w") as f:
+        images = f.create_dataset("images", shape=(n, bands, size, size), dtype="f4", chunks=(chunk, bands, size, size))
+        for start in range(0, n, 4096):
+            stop = min(n, start + 4096)
+            images[start:stop] = rng.standard_normal((stop - start, bands, size, size), dtype=np.float32)
+        string = h5py.string_dtype("utf-8")
+        f.create_dataset("ids", data=ids, dtype=string)
+        f.create_dataset("galaxy_ids", data=ids, dtype=string)
+        f.create_dataset("projection_ids", data=np.full(n, -1, np.int32))
+        f.attrs.update(source="obs", kind="observation", bands=["g", "r", "i", "z", "u"][:bands],
+                       pixel_scale_arcsec=0.396, n_images=n, n_rejected=0, simobs_version="bench")
+    return path
+
+
+def bench_loader(quick: bool) -> list[Row]:
+    """Images/s of the training loader (HDF5, block shuffle, the configured buffer) against
+    the images/s one training step consumes, and training fed by the loader against
+    training fed from batches already in memory (the same steps, the same batches)."""
+    import torch
+
+    from simobs.embedding.data import BlockShuffleDataset, make_loader, read_source_info, split_blocks
+
+    cfg = _config()
+    model, settings, bands, size = _vae(cfg)
+    chunk = int(cfg["ingest"].get("chunk_images", 64))
+    n = 2048 if quick else 16384
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _image_file(Path(tmp) / "obs.h5", n, bands, size, chunk)
+        train_blocks, _ = split_blocks([read_source_info(path)], settings.val_fraction, settings.seed,
+                                       settings.block_rows)
+        ds = BlockShuffleDataset(train_blocks, settings.batch_size, shuffle=True,
+                                 buffer_blocks=settings.shuffle_buffer_blocks, seed=settings.seed)
+
+        def epoch() -> int:
+            ds.set_epoch(1)
+            return sum(len(b) for b in make_loader(ds, num_workers=0))
+
+        t_epoch, n_read = _timed_result(epoch, repeat=2)
+        loader_rate = n_read / t_epoch
+
+        step = _train_step(model, settings)
+        n_steps = 3 if quick else 48  # 3 refills of the shuffle buffer, as in an epoch
+        ds.set_epoch(2)
+        batches = [b for _, b in zip(range(n_steps), make_loader(ds, num_workers=0))]
+        step(batches[0])  # warm-up
+
+        def from_memory() -> None:
+            for b in batches:
+                step(b)
+
+        def from_loader() -> None:
+            ds.set_epoch(2)
+            for _, b in zip(range(n_steps), make_loader(ds, num_workers=0)):
+                step(b)
+
+        t_memory = _timed(from_memory, repeat=2)
+        t_loader = _timed(from_loader, repeat=2)
+    consume = n_steps * settings.batch_size / t_memory
+    note = (f"{n} images of {bands}x{size}x{size} float32, chunks of {chunk}, blocks of {settings.block_rows}, "
+            f"buffer {settings.shuffle_buffer_blocks} blocks, 0 workers; torch threads {torch.get_num_threads()}")
+    return [Row("3 loader", "HDF5 training loader, one epoch", loader_rate, "images/s", "training step", loader_rate / consume,
+                goal=">= 3x", note=note),
+            Row("3 loader", f"training step (batch {settings.batch_size}), consumption", consume, "images/s"),
+            Row("3 loader", f"{n_steps} steps fed by the loader / fed from memory", t_loader / t_memory, "x",
+                "in-memory batches", t_loader / t_memory, goal="<= 1.10")]
+
+
+# ---------------------------------------------------------------- 9. demo
 
 def bench_demo(quick: bool) -> list[Row]:
     path = REPO / "benchmarks/results/demo.json"
@@ -318,7 +460,7 @@ def bench_demo(quick: bool) -> list[Row]:
 
 
 BENCHES: dict[str, Callable[[bool], list[Row]]] = {
-    "dag": bench_dag, "ingest": bench_ingest, "loader": bench_not_yet("3 loader", "HDF5 loader vs training step"),
+    "dag": bench_dag, "ingest": bench_ingest, "loader": bench_loader,
     "train": bench_train, "encode": bench_encode, "ood": bench_ood, "umap": bench_umap,
     "separation": bench_separation, "demo": bench_demo,
 }
