@@ -44,6 +44,27 @@ def test_suite_prints_a_table_and_writes_json_with_ratios_and_the_machine(tmp_pa
     assert "6 ood" in proc.stdout and "machine:" in proc.stdout  # the printed table
 
 
+def test_training_loader_and_ingestion_rows_measure_against_their_baselines(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/run.py"), "--quick", "--only", "train", "loader", "ingest",
+         "--json", str(out_json)],
+        capture_output=True, text=True, timeout=900, check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    rows = {(r["item"], r["name"]): r for r in json.loads(out_json.read_text())["rows"]}
+    by_item: dict[str, list] = {}
+    for (item, _), r in rows.items():
+        by_item.setdefault(item, []).append(r)
+    assert len(by_item["4 train"]) >= 2 and all(r["value"] > 0 for r in by_item["4 train"][:2]), proc.stdout
+    loader, consume, fed = by_item["3 loader"]
+    assert loader["value"] > 0 and consume["value"] > 0
+    assert abs(loader["ratio"] - loader["value"] / consume["value"]) < 1e-9 * loader["ratio"]  # a ratio of this run
+    assert fed["ratio"] is not None and 0.3 < fed["value"] < 5, proc.stdout  # same steps, same batches
+    naive, one, two = by_item["2 ingest"]
+    assert naive["value"] > 0 and one["ratio"] > 0 and two["ratio"] > 0, proc.stdout
+    assert "60 files" in naive["note"]  # 20 galaxies x 3 projections of the demo's int16 cubes
+
+
 def test_dry_run_benchmark_runs_both_routes_and_reports_ratios() -> None:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/dry_run_scaling.py"), "--sizes", "20"],
