@@ -28,6 +28,7 @@ REQUIRED = (
     "results/projection/umap.csv",        # UMAP coordinates
     "results/classifier/heldout_predictions.csv",
     "results/classifier/classifier.json",  # the trained booster itself
+    "results/classifier/replicates.json",  # its replicates (the training variance of the intervals)
     "results/model_posterior/*.csv",      # per-galaxy and aggregate posteriors, Bayes factors
     "results/misspecification/scores.csv",  # OOD scores and flags per galaxy
     "results/misspecification/verdict.json",

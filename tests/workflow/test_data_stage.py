@@ -129,7 +129,7 @@ def test_job_runs_carry_the_lineage_digests_of_their_artefacts(tiny_study):
     for rule in ("train_embedding", "embed", "train_classifier", "ood_scores", "model_posterior", "misspecification"):
         assert by_rule.get(rule), rule
         assert {r.data.tags.get("simobs.vae_digest") for r in by_rule[rule]} == {vae}, rule
-    for rule in ("train_classifier", "ood_scores", "model_posterior"):
+    for rule in ("train_classifier", "classifier_replicates", "ood_scores", "model_posterior"):
         assert {r.data.tags.get("simobs.classifier_digest") for r in by_rule[rule]} == {classifier}, rule
     predictions = pd.read_csv(w / "results/classifier/heldout_predictions.csv")
     assert set(predictions["classifier_digest"]) == {classifier}

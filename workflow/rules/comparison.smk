@@ -105,6 +105,37 @@ rule train_classifier:
         "../scripts/train_classifier.py"
 
 
+rule classifier_replicates:
+    input:
+        embeddings=expand("results/embeddings/{source}.h5", source=SIMULATIONS),
+        embedding_runs=expand("results/embeddings/{source}.run_id", source=SIMULATIONS),
+        classifier="results/classifier/classifier.json",
+        predictions="results/classifier/heldout_predictions.csv",
+        classifier_run="results/classifier/train_classifier.run_id",
+    output:
+        # the classifier's training variance: model_posterior widens its intervals with it
+        replicates="results/classifier/replicates.json",
+        heldout_logits="results/classifier/replicate_heldout_logits.csv",
+        table="results/classifier/replicates.csv",
+        run_id="results/classifier/classifier_replicates.run_id",
+    log:
+        "results/logs/classifier_replicates.log",
+    benchmark:
+        "results/benchmarks/classifier_replicates.tsv"
+    params:
+        settings=config["classifier"],
+        seed=config["seed"] + config["classifier"]["seed"],
+    threads: 4
+    priority: PRIORITY_IMAGES
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        CPU_ENV
+    script:
+        "../scripts/classifier_replicates.py"
+
+
 rule ood_scores:
     input:
         # the simulations' embeddings are the reference of the OOD check
@@ -147,6 +178,9 @@ rule model_posterior:
         ood_scores="results/ood/scores.csv",
         ood_thresholds="results/ood/thresholds.csv",
         ood_run="results/ood/ood_scores.run_id",
+        replicates="results/classifier/replicates.json",
+        replicate_heldout_logits="results/classifier/replicate_heldout_logits.csv",
+        replicates_run="results/classifier/classifier_replicates.run_id",
     output:
         per_galaxy="results/model_posterior/per_galaxy.csv",
         survey_calibration="results/model_posterior/survey_calibration.csv",

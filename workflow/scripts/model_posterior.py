@@ -14,6 +14,8 @@ with job_run(snakemake) as run:
         snakemake.params.settings,
         snakemake.params.ood,
         seed=snakemake.params.seed,
+        replicates_path=snakemake.input.replicates,
+        replicate_heldout_path=snakemake.input.replicate_heldout_logits,
     )
     run.set_tags(result.lineage_tags())  # simobs.vae_digest, simobs.classifier_digest
     run.log_metrics(result.metrics)

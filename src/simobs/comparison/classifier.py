@@ -41,7 +41,7 @@ from torch import nn
 
 from simobs.devices import resolve_device
 
-__all__ = ["ClassifierSettings", "SimulationClassifier", "fit_classifier", "load_classifier"]
+__all__ = ["ClassifierSettings", "SimulationClassifier", "classifier_from_document", "fit_classifier", "load_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +177,9 @@ class SimulationClassifier:
         return ((xt - base)[:, None, :] * grads / steps).detach().cpu().numpy()
 
     # -- persistence -----------------------------------------------------------------
-    def save(self, path: str | Path) -> str:
-        """Write one self-describing JSON file (metadata + base64 model payload), atomically.
-
-        Returns:
-            The file's ``digest`` (also set as :attr:`digest`).
-        """
-        from simobs.io import atomic_path
-
+    def to_document(self) -> dict[str, Any]:
+        """The classifier as one JSON-serialisable document (metadata + base64 model
+        payload) with its content ``digest`` (also set as :attr:`digest`)."""
         if self.backend == "xgboost":
             payload = bytes(self.model.save_raw(raw_format="ubj"))
             arch = None
@@ -198,6 +193,17 @@ class SimulationClassifier:
                "extra": {k: v for k, v in self.extra.items() if k != "architecture"}, "architecture": arch,
                "model": base64.b64encode(payload).decode("ascii")}
         doc["digest"] = self.digest = _content_digest(doc)
+        return doc
+
+    def save(self, path: str | Path) -> str:
+        """Write one self-describing JSON file (:meth:`to_document`), atomically.
+
+        Returns:
+            The file's ``digest`` (also set as :attr:`digest`).
+        """
+        from simobs.io import atomic_path
+
+        doc = self.to_document()
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc))
         return self.digest
@@ -220,14 +226,20 @@ def load_classifier(path: str | Path, device: str = "cpu") -> SimulationClassifi
         ValueError: if the file is not a classifier, or its content does not match the
             digest stored at save time (it was altered).
     """
-    doc = json.loads(Path(path).read_text())
+    return classifier_from_document(json.loads(Path(path).read_text()), str(path), device)
+
+
+def classifier_from_document(doc: Mapping[str, Any], where: str, device: str = "cpu",
+                             writer: str = "train_classifier") -> SimulationClassifier:
+    """The classifier of a :meth:`SimulationClassifier.to_document` document; ``where``
+    names it in errors (a file, or a file and an entry), ``writer`` the rule to rerun."""
     if doc.get("format") != "simobs-classifier/1":
-        raise ValueError(f"{path}: not a simobs classifier file (format={doc.get('format')!r}); "
-                         "rerun rule `train_classifier`")
+        raise ValueError(f"{where}: not a simobs classifier (format={doc.get('format')!r}); "
+                         f"rerun rule `{writer}`")
     digest = _content_digest(doc)
     if doc.get("digest") not in (None, digest):
-        raise ValueError(f"{path}: its content has digest {digest} but it was saved with {doc['digest']}; it was "
-                         "altered after train_classifier wrote it: rerun rule `train_classifier`")
+        raise ValueError(f"{where}: its content has digest {digest} but it was saved with {doc['digest']}; it was "
+                         f"altered after {writer} wrote it: rerun rule `{writer}`")
     payload = base64.b64decode(doc["model"])
     extra = dict(doc.get("extra") or {})
     if doc["backend"] == "xgboost":

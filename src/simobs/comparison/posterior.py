@@ -145,19 +145,26 @@ def aggregate_log_bayes_factors(logits: np.ndarray, log_pass: np.ndarray | None 
 
 @dataclass(frozen=True)
 class BootstrapResult:
-    """Bootstrap over galaxies of the aggregate quantities.
+    """Bootstrap over galaxies (and, with replicates, over classifier trainings) of the
+    aggregate quantities.
 
     Attributes:
         log_posterior: (K,) point estimate of log p(M | D).
         log_posterior_samples: (B, K) bootstrap replicates.
         log_bayes_factors: (K, K) point estimate.
         log_bayes_factor_samples: (B, K, K) replicates.
+        log_bayes_factor_sd_galaxies: (K, K) s.d. of the log Bayes factors over the
+            resampled galaxies alone (the classifier fixed).
+        log_bayes_factor_sd_classifiers: (K, K) s.d. across classifier replicates on the
+            same galaxies (``None``: no replicates, the training variance is not included).
     """
 
     log_posterior: np.ndarray
     log_posterior_samples: np.ndarray
     log_bayes_factors: np.ndarray
     log_bayes_factor_samples: np.ndarray
+    log_bayes_factor_sd_galaxies: np.ndarray | None = None
+    log_bayes_factor_sd_classifiers: np.ndarray | None = None
 
     def posterior_table(self, class_names: Sequence[str], interval: float = 0.68) -> pd.DataFrame:
         """Per model: posterior probability and log posterior with percentile intervals."""
@@ -184,8 +191,15 @@ class BootstrapResult:
                 rows.append({"model_a": class_names[j], "model_b": class_names[m],
                              "log_bayes_factor": self.log_bayes_factors[j, m],
                              "log_bayes_factor_lo": np.percentile(s, lo), "log_bayes_factor_hi": np.percentile(s, hi),
-                             "log_bayes_factor_sd": np.std(s, ddof=1) if len(s) > 1 else np.nan})
+                             "log_bayes_factor_sd": np.std(s, ddof=1) if len(s) > 1 else np.nan,
+                             "log_bayes_factor_sd_galaxies": _entry(self.log_bayes_factor_sd_galaxies, j, m),
+                             "log_bayes_factor_sd_classifier_training": _entry(self.log_bayes_factor_sd_classifiers,
+                                                                              j, m)})
         return pd.DataFrame(rows)
+
+
+def _entry(a: np.ndarray | None, j: int, m: int) -> float:
+    return float(a[j, m]) if a is not None else np.nan
 
 
 def bootstrap_aggregate(
@@ -194,12 +208,19 @@ def bootstrap_aggregate(
     n_bootstrap: int = 1000,
     seed: int = 0,
     held_out_pass: tuple[np.ndarray, np.ndarray] | None = None,
+    replicate_logits: np.ndarray | None = None,
 ) -> BootstrapResult:
-    """Aggregate log posterior and log Bayes factors with a bootstrap over galaxies.
+    """Aggregate log posterior and log Bayes factors with a bootstrap over galaxies and,
+    given replicate classifiers, over the classifier's training.
 
-    Each replicate resamples the N galaxies with replacement and sums their log q;
-    memory is O(N K) regardless of ``n_bootstrap`` (600k galaxies x 1000 replicates
-    take seconds).
+    Each bootstrap draw resamples the N galaxies with replacement and sums their log q;
+    memory is O(N K) regardless of ``n_bootstrap`` (600k galaxies x 1000 draws take
+    seconds).  With ``replicate_logits`` (R >= 2 classifiers trained on bootstrap
+    resamples of the training galaxies, :mod:`simobs.comparison.replicates`), draw b also
+    adds replicate r = b mod R's deviation from the replicates' mean aggregate, scaled to
+    the unbiased variance: the intervals then hold the spread across trainings, which a
+    shift shared by all galaxies makes grow as N, not sqrt(N).  The point estimate stays
+    the main classifier's.
 
     Args:
         logits: (N, K) calibrated logits of the galaxies that count.
@@ -209,6 +230,8 @@ def bootstrap_aggregate(
         held_out_pass: ``(passed, labels)``, (M,) bool and (M,) model index of the held-out
             simulated images that estimate P_k(pass) of the OOD selection; each replicate
             resamples them within each model too.  ``None``: no selection term.
+        replicate_logits: (R, N, K) calibrated logits of the replicate classifiers on the
+            same galaxies, or ``None`` (the classifier's training variance left out).
     """
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2 or z.shape[0] == 0:
@@ -229,12 +252,16 @@ def bootstrap_aggregate(
             raise ValueError("every model needs held-out simulated images to estimate its OOD pass rate")
         point_log_pass = np.log([v.mean() for v in sel])
         _log_pass(point_log_pass, k)  # P_k(pass) = 0 is an error
+    dev, sd_classifiers = _replicate_deviations(replicate_logits, z.shape)
     sums = np.empty((n_bootstrap, k))
     for b in range(n_bootstrap):
         sums[b] = log_q[rng.integers(0, n, size=n)].sum(axis=0)
         if sel is not None:
             rate = np.array([v[rng.integers(0, len(v), size=len(v))].mean() for v in sel])
             sums[b] -= n * np.log(np.maximum(rate, 0.5 / np.array([len(v) for v in sel])))
+    galaxy_bf = sums[:, :, None] - sums[:, None, :]
+    if dev is not None:
+        sums += dev[np.arange(n_bootstrap) % len(dev)]
     lp = sums + log_pi
     lp_samples = lp - logsumexp(lp, axis=1, keepdims=True)
     return BootstrapResult(
@@ -242,4 +269,23 @@ def bootstrap_aggregate(
         log_posterior_samples=lp_samples,
         log_bayes_factors=aggregate_log_bayes_factors(z, point_log_pass),
         log_bayes_factor_samples=sums[:, :, None] - sums[:, None, :],
+        log_bayes_factor_sd_galaxies=galaxy_bf.std(axis=0, ddof=1) if n_bootstrap > 1 else None,
+        log_bayes_factor_sd_classifiers=sd_classifiers,
     )
+
+
+def _replicate_deviations(replicate_logits: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray | None,
+                                                                                                np.ndarray | None]:
+    """(R, K) centred, variance-scaled deviations of the replicates' summed log q, and the
+    (K, K) s.d. of their log Bayes factors; ``(None, None)`` without (enough) replicates."""
+    if replicate_logits is None or len(replicate_logits) == 0:
+        return None, None
+    zr = np.asarray(replicate_logits, dtype=np.float64)
+    if zr.ndim != 3 or zr.shape[1:] != shape:
+        raise ValueError(f"replicate logits must be (R, N, K) with (N, K) = {shape}, got {zr.shape}")
+    if len(zr) < 2:
+        raise ValueError("the classifier's training variance needs >= 2 replicates, got 1")
+    s = np.stack([log_softmax(_finite_logits(r), axis=1).sum(axis=0) for r in zr])  # (R, K)
+    dev = np.sqrt(len(s) / (len(s) - 1)) * (s - s.mean(axis=0))
+    bf = s[:, :, None] - s[:, None, :]
+    return dev, bf.std(axis=0, ddof=1)

@@ -19,17 +19,18 @@ import pandas as pd
 from simobs.comparison import plots
 from simobs.comparison.attribution import mean_abs_attributions, top_latent_features
 from simobs.comparison.classifier import load_classifier
-from simobs.comparison.embeddings import read_embedding_sets
+from simobs.comparison.embeddings import pool_simulations, read_embedding_sets
 from simobs.comparison.posterior import bootstrap_aggregate, normalise_prior, posterior_model_probabilities
 from simobs.comparison.projection import ProjectionSettings, project_embeddings
+from simobs.comparison.replicates import ClassifierReplicates, load_replicates, replicate_settings, train_classifier_replicates
 from simobs.comparison.selection import held_out_pass, observed_flags
-from simobs.comparison.splits import HELD_OUT_SPLITS
+from simobs.comparison.splits import HELD_OUT_SPLITS, Split
 from simobs.comparison.survey_calibration import survey_calibration
 from simobs.comparison.training import classifier_settings_from_config, train_simulation_classifier
 from simobs.provenance import check_same_lineage, check_table_lineage, shared_digest
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
-__all__ = ["run_projection", "run_train_classifier", "run_model_posterior"]
+__all__ = ["run_projection", "run_train_classifier", "run_classifier_replicates", "run_model_posterior"]
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +147,111 @@ def run_train_classifier(embedding_paths: Sequence[str | Path], outputs: Mapping
                        lineage={"vae_digest": vae_digest or "", "classifier_digest": clf.digest})
 
 
+# -- classifier_replicates ----------------------------------------------------------------
+def _split_from_predictions(pred: pd.DataFrame, sources: np.ndarray, ids: np.ndarray, path: str | Path) -> Split:
+    """The main classifier's split of the pooled rows, read from its held-out predictions table."""
+    key = pd.MultiIndex.from_arrays([pred["source"].astype(str), pred["id"].astype(str)])
+    where = pd.Series(pred["split"].to_numpy(), index=key)
+    rows = pd.MultiIndex.from_arrays([pd.Index(sources.astype(str)), pd.Index(ids.astype(str))])
+    missing = ~rows.isin(key)
+    if missing.any():
+        first = rows[np.flatnonzero(missing)[0]]
+        raise ValueError(f"{path}: {int(missing.sum())} simulated image(s) of the embeddings are not in the classifier's "
+                         f"predictions (first: source {first[0]!r}, id {first[1]!r}); rerun rule `train_classifier` "
+                         "with these embeddings")
+    labels = where.reindex(rows).to_numpy()
+    return Split(*(np.flatnonzero(labels == name) for name in ("train", "validation", "test")))
+
+
+def run_classifier_replicates(embedding_paths: Sequence[str | Path], classifier_path: str | Path,
+                              predictions_path: str | Path, outputs: Mapping[str, str | Path],
+                              settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
+    """Replicates of the main classifier trained on bootstrap resamples of its training
+    galaxies (:mod:`simobs.comparison.replicates`): the classifier's training variance
+    that ``model_posterior`` adds to its intervals.
+
+    Outputs: ``replicates`` (JSON: the main classifier's digest and one classifier per
+    replicate), ``heldout_logits`` (CSV: ``replicate``, ``source``, ``id``, ``logit_<model>``
+    of every held-out simulated image) and ``table`` (CSV, one row per replicate).
+
+    Raises:
+        LineageError: if the embeddings were made by another VAE than the classifier's.
+        ValueError: if the classifier's predictions do not cover the embeddings.
+    """
+    clf = load_classifier(classifier_path)
+    sets = read_embedding_sets(embedding_paths, (f"classifier {classifier_path}", clf.vae_digest))
+    pred = read_table(predictions_path, ["source", "id", "split"], "classifier predictions", "train_classifier")
+    check_table_lineage(pred, predictions_path, "classifier_digest", (f"classifier {classifier_path}", clf.digest),
+                        "Re-run rule `train_classifier`: its predictions and classifier file come from one run")
+    x, y, groups, ids, names = pool_simulations(sets)
+    if names != clf.class_names:
+        raise ValueError(f"embeddings of {names} given, but {classifier_path} classifies {clf.class_names}; "
+                         "give the simulation sources it was trained on")
+    sources = np.array(names, dtype=object)[y]
+    split = _split_from_predictions(pred, sources, ids, predictions_path)
+    s = dict(settings)
+    cal = s.get("calibration", {})
+    classifiers, table = train_classifier_replicates(
+        x, y, groups, split, names, classifier_settings_from_config(s), replicate_settings(s),
+        max_ece=cal.get("max_ece", 0.02), n_bins=cal.get("n_bins", 15), seed=seed)
+    for c in classifiers:
+        c.extra.update(vae_digest=clf.vae_digest, replicate_of=clf.digest)
+    reps = ClassifierReplicates(classifiers, clf.digest, clf.vae_digest)
+    reps.save(outputs["replicates"])
+    held = np.sort(np.concatenate([split.validation, split.test]))
+    frames = []
+    for r, logits in enumerate(reps.logits(x[held])):
+        t = pd.DataFrame({"replicate": r, "source": sources[held], "id": ids[held]})
+        for k, n in enumerate(names):
+            t[f"logit_{n}"] = logits[:, k]
+        frames.append(t)
+    cols = ["replicate", "source", "id", *(f"logit_{n}" for n in names)]
+    write_table(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols), outputs["heldout_logits"])
+    write_table(table.assign(classifier_digest=clf.digest), outputs["table"])
+    metrics = {"n_replicates": float(len(classifiers))}
+    if len(table):
+        main_acc = float(np.mean(clf.logits(x[split.test]).argmax(1) == y[split.test]))
+        metrics.update(test_accuracy_main=main_acc, test_accuracy_replicates_mean=float(table.test_accuracy.mean()),
+                       test_accuracy_replicates_sd=float(table.test_accuracy.std(ddof=1)) if len(table) > 1 else 0.0)
+    return StageOutput(metrics, {"replicates": table}, [],
+                       lineage={"vae_digest": clf.vae_digest or "", "classifier_digest": clf.digest})
+
+
+def _replicate_heldout_logits(path: str | Path | None, held: pd.DataFrame, names: list[str]) -> np.ndarray | None:
+    """(R, M, K) replicate logits aligned with the rows of ``held`` (None: no file or no replicates)."""
+    if path is None:
+        return None
+    t = read_table(path, ["replicate", "source", "id", *(f"logit_{n}" for n in names)], "replicate held-out logits",
+                   "classifier_replicates")
+    if t.empty:
+        return None
+    out = []
+    key = pd.MultiIndex.from_arrays([held["source"].astype(str), held["id"].astype(str)])
+    for r, g in t.groupby("replicate", sort=True):
+        g = g.set_index([g["source"].astype(str), g["id"].astype(str)])
+        if not key.isin(g.index).all():
+            raise ValueError(f"{path}: replicate {r} lacks held-out images of the classifier's predictions; rerun rule "
+                             "`classifier_replicates` after `train_classifier`")
+        out.append(g.reindex(key)[[f"logit_{n}" for n in names]].to_numpy(np.float64))
+    return np.stack(out)
+
+
 # -- model_posterior ----------------------------------------------------------------------
 def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: str | Path,
                         predictions_path: str | Path, ood_scores_path: str | Path, ood_thresholds_path: str | Path,
                         outputs: Mapping[str, str | Path], settings: Mapping[str, Any],
-                        ood_settings: Mapping[str, Any], seed: int = 0) -> StageOutput:
+                        ood_settings: Mapping[str, Any], seed: int = 0,
+                        replicates_path: str | Path | None = None,
+                        replicate_heldout_path: str | Path | None = None) -> StageOutput:
     """Posterior model probabilities per observed galaxy and for each observed sample.
 
     Galaxies flagged by rule ``ood_scores`` (score ``ood_settings['score']``) are excluded
     from the aggregate, whose likelihood is truncated accordingly: the selection term
     -n_kept log P_k(pass), P_k from the held-out simulated images, bootstrapped with them
     (see :mod:`simobs.comparison.posterior`); per-galaxy values are reported for all.
+    Given the classifier's replicates (``replicates_path``, rule ``classifier_replicates``)
+    the intervals also hold the classifier's training variance, and the Bayes-factor
+    table gives both parts of the spread.
 
     Outputs: ``per_galaxy`` (CSV), ``aggregate`` (CSV, with the ``classifier_digest`` and
     ``vae_digest`` used), ``bayes_factors`` (CSV), ``survey_calibration`` (CSV,
@@ -190,6 +285,12 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
                       "train_classifier")
     check_table_lineage(pred, predictions_path, "classifier_digest", (f"classifier {classifier_path}", clf.digest),
                         "Re-run rule `train_classifier`: its predictions and classifier file come from one run")
+    reps = ClassifierReplicates([], None, None)
+    if replicates_path is not None:
+        reps = load_replicates(replicates_path)
+        check_same_lineage([(f"classifier {classifier_path}", clf.digest),
+                            (f"classifier replicates {replicates_path}", reps.classifier_digest)], "classifier_digest",
+                           "Re-run rule `classifier_replicates` after `train_classifier`")
     interval = float(settings.get("interval", 0.68))
     per_galaxy, aggregates, bfs, metrics, figs = [], [], [], {}, []
     for i, e in enumerate(sets):
@@ -212,7 +313,8 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         if keep.sum() == 0:
             log.warning("%s: every observed galaxy is out of distribution; no aggregate posterior", e.source)
             continue
-        boot = bootstrap_aggregate(z[keep], prior, int(settings.get("n_bootstrap", 1000)), seed, (passed, labels))
+        z_rep = reps.logits(e.embedding[keep]) if len(reps) else None
+        boot = bootstrap_aggregate(z[keep], prior, int(settings.get("n_bootstrap", 1000)), seed, (passed, labels), z_rep)
         agg = boot.posterior_table(names, interval)
         agg.insert(0, "observations", e.source)
         agg["n_counted"], agg["n_excluded_ood"] = int(keep.sum()), int(flagged.sum())
@@ -222,6 +324,7 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
         bf = boot.bayes_factor_table(names, interval)
         bf.insert(0, "observations", e.source)
         bf["mean_log_bayes_factor_per_galaxy"] = bf["log_bayes_factor"] / keep.sum()
+        bf["n_classifier_replicates"] = len(reps)
         bfs.append(bf)
         metrics.update({f"{e.source}_posterior_{n}": float(p) for n, p in zip(names, agg["posterior"])})
         metrics[f"{e.source}_ood_fraction"] = float(flagged.mean())
@@ -235,7 +338,8 @@ def run_model_posterior(embedding_paths: Sequence[str | Path], classifier_path: 
     surveys = survey_calibration(held[[f"logit_{n}" for n in names]].to_numpy(), held["label"].to_numpy(),
                                  (held["source"] + "/" + held["galaxy_id"]).to_numpy(), names,
                                  int(sc.get("survey_size", 100)), int(sc.get("n_surveys", 200)),
-                                 int(sc.get("n_bootstrap", 100)), interval, seed=seed)
+                                 int(sc.get("n_bootstrap", 100)), interval, seed=seed,
+                                 replicate_logits=_replicate_heldout_logits(replicate_heldout_path, held, names))
     write_table(surveys, outputs["survey_calibration"])
     overall = surveys[surveys.survey_of == "all"].iloc[0]
     metrics.update({"survey_win_rate": float(overall["win_rate"]), "survey_aggregate_ece": float(overall["aggregate_ece"])})

@@ -21,8 +21,14 @@ Reported per model (and for 50/50 mixtures of two models, where no single model 
   log Bayes factor over surveys (nominal: the interval's probability);
 * for mixtures, ``overconfident_rate``: how often one model gets posterior > 0.99.
 
-What this cannot see: the surveys come from a finite held-out pool and one trained
-classifier, so the classifier's own training variance is in neither spread.
+The classifier's own training variance is in neither spread (the surveys come from one
+trained classifier).  Given replicate classifiers (:mod:`simobs.comparison.replicates`,
+trained on bootstrap resamples of the training galaxies; their held-out logits), each
+model's row also gives ``log_bf_sd_across_classifiers``, the median over surveys of the
+s.d. of the survey's log Bayes factor across replicates, and ``log_bf_sd_with_classifiers``,
+the median s.d. of the intervals the stage reports with them (galaxies and trainings
+together): where the first rivals ``log_bf_sd_bootstrap``, intervals from the galaxy
+bootstrap alone are too narrow by the ratio of the last to it.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ def draw_survey(rows_by_galaxy: list[np.ndarray], size: int, rng: np.random.Gene
 
 def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndarray, class_names: list[str],
                        survey_size: int = 100, n_surveys: int = 200, n_bootstrap: int = 100,
-                       interval: float = 0.68, mixtures: bool = True, seed: int = 0) -> pd.DataFrame:
+                       interval: float = 0.68, mixtures: bool = True, seed: int = 0,
+                       replicate_logits: np.ndarray | None = None) -> pd.DataFrame:
     """Survey-level calibration table (see the module docstring for the columns).
 
     Args:
@@ -53,6 +60,8 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
         labels: (M,) model index of each image.
         galaxies: (M,) galaxy id of each image (unique across models).
         class_names: K model names.
+        replicate_logits: (R, M, K) calibrated logits of replicate classifiers on the same
+            images, or ``None``.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -60,8 +69,12 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
     k = len(class_names)
     if z.shape != (len(y), k):
         raise ValueError(f"held-out logits must be (M, K={k}), got {z.shape}")
+    zr = None if replicate_logits is None or len(replicate_logits) == 0 else np.asarray(replicate_logits, np.float64)
+    if zr is not None and zr.shape[1:] != z.shape:
+        raise ValueError(f"replicate held-out logits must be (R, M, K) with (M, K) = {z.shape}, got {zr.shape}")
     rng = np.random.default_rng(seed)
     log_q = log_softmax(z, axis=1)
+    log_qr = None if zr is None else log_softmax(zr, axis=2)
     by_model = []
     for j in range(k):
         rows = np.flatnonzero(y == j)
@@ -72,7 +85,7 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
     lo, hi = 50 * (1 - interval), 50 * (1 + interval)
     out, all_p, all_true = [], [], []
     for j in range(k):
-        post, lbf, sd_boot, inside = [], [], [], []
+        post, lbf, sd_boot, inside, sd_cls, sd_total = [], [], [], [], [], []
         surveys = [draw_survey(by_model[j], survey_size, rng) for _ in range(n_surveys)]
         sums = np.array([log_q[s].sum(0) for s in surveys])  # (S, K)
         p = softmax(sums, axis=1)
@@ -83,6 +96,11 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
             lbf.append(sums[si, j] - sums[si, other])
             sd_boot.append(np.std(b, ddof=1))
             inside.append((np.percentile(b, lo), np.percentile(b, hi)))
+            if log_qr is not None:
+                per_replicate = log_qr[:, s].sum(axis=1)  # (R, K)
+                sd_cls.append(np.std(per_replicate[:, j] - per_replicate[:, other], ddof=1))
+                nested = bootstrap_aggregate(z[s], None, n_bootstrap, seed + si, replicate_logits=zr[:, s])
+                sd_total.append(np.std(nested.log_bayes_factor_samples[:, j, other], ddof=1))
         lbf = np.array(lbf)
         mean_lbf = lbf.mean()
         post = p[:, j]
@@ -94,7 +112,10 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
                     "log_bf_sd_across_surveys": float(lbf.std(ddof=1)),
                     "log_bf_sd_bootstrap": float(np.median(sd_boot)),
                     "bootstrap_coverage": float(np.mean([a <= mean_lbf <= b for a, b in inside])),
-                    "nominal_coverage": interval})
+                    "nominal_coverage": interval,
+                    "n_classifier_replicates": 0 if zr is None else len(zr),
+                    "log_bf_sd_across_classifiers": float(np.median(sd_cls)) if sd_cls else np.nan,
+                    "log_bf_sd_with_classifiers": float(np.median(sd_total)) if sd_total else np.nan})
     pa, ta = np.concatenate(all_p), np.concatenate(all_true)
     out.append({"survey_of": "all", "survey_size": survey_size, "n_surveys": n_surveys * k,
                 "win_rate": float(np.mean(pa.argmax(1) == ta)),

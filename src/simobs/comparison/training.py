@@ -21,7 +21,7 @@ from simobs.comparison.embeddings import EmbeddingSet, pool_simulations
 from simobs.comparison.splits import Split, balanced_class_weights, grouped_split
 from scipy.special import softmax
 
-__all__ = ["TrainingResult", "classifier_settings_from_config", "train_simulation_classifier"]
+__all__ = ["TrainingResult", "calibrate_on_validation", "classifier_settings_from_config", "train_simulation_classifier"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,26 @@ def classifier_settings_from_config(section: Mapping[str, Any]) -> ClassifierSet
     values: dict[str, Any] = {"backend": backend}
     values.update(section.get(backend, {}) or {})
     return ClassifierSettings.from_mapping(values)
+
+
+def calibrate_on_validation(clf: SimulationClassifier, raw_val: np.ndarray, y_val: np.ndarray, max_ece: float,
+                            n_bins: int) -> tuple[float, bool]:
+    """Temperature-scale ``clf`` (in place) when its validation ECE exceeds ``max_ece``.
+
+    Judged under the equal priors the balanced training estimates under: the ECE and the
+    temperature's log loss weight the validation split with balanced class weights (see
+    :mod:`simobs.comparison.calibration`).
+
+    Returns:
+        ``(validation ECE at temperature 1, whether the temperature was fitted)``.
+    """
+    w_va = balanced_class_weights(y_val, clf.n_classes)
+    val_ece = expected_calibration_error(softmax(raw_val, axis=1), y_val, n_bins, w_va)
+    recalibrated = val_ece > max_ece
+    if recalibrated:
+        clf.temperature = fit_temperature(raw_val, y_val, weights=w_va)
+        log.info("validation ECE %.4f > %.4f: temperature scaling, T = %.3f", val_ece, max_ece, clf.temperature)
+    return val_ece, recalibrated
 
 
 @dataclass
@@ -97,14 +117,9 @@ def train_simulation_classifier(
     clf = fit_classifier(x[tr], y[tr], balanced_class_weights(y[tr], len(names)),
                          x[va], y[va], balanced_class_weights(y[va], len(names)), names, settings, seed, on_epoch)
     raw = clf.raw_logits(x)
-    # judged under the equal priors the balanced training estimates under (see calibration)
-    w_va, w_te = balanced_class_weights(y[va], len(names)), balanced_class_weights(y[te], len(names))
-    val_ece = expected_calibration_error(softmax(raw[va], axis=1), y[va], n_bins, w_va)
+    w_te = balanced_class_weights(y[te], len(names))
     report_raw = calibration_report(raw[te], y[te], n_bins, w_te)
-    recalibrated = val_ece > max_ece
-    if recalibrated:
-        clf.temperature = fit_temperature(raw[va], y[va], weights=w_va)
-        log.info("validation ECE %.4f > %.4f: temperature scaling, T = %.3f", val_ece, max_ece, clf.temperature)
+    val_ece, recalibrated = calibrate_on_validation(clf, raw[va], y[va], max_ece, n_bins)
     cal = raw / clf.temperature
     report = calibration_report(cal[te], y[te], n_bins, w_te)
     log.info("test split: accuracy %.3f, ECE %.4f (uncalibrated %.4f)", report.accuracy, report.ece, report_raw.ece)
