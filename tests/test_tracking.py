@@ -84,3 +84,21 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_job_holds_blas_and_torch_to_its_threads():
+    """Snakemake exports OMP_NUM_THREADS only to shell rules: a script job's BLAS pool
+    (loaded with numpy before the script runs) would take every core of the node."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from simobs.tracking import job_thread_limits
+
+    torch_before = torch.get_num_threads()
+    with job_thread_limits(1):
+        pools = [p for p in threadpool_info() if p["user_api"] in ("blas", "openmp")]
+        assert pools and all(p["num_threads"] == 1 for p in pools), pools
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == torch_before
+    with job_thread_limits(None):  # no threads given: no limit
+        assert torch.get_num_threads() == torch_before

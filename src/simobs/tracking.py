@@ -608,6 +608,32 @@ def _setup_logging(log_files: Sequence[str]) -> logging.Handler | None:
 
 
 @contextlib.contextmanager
+def job_thread_limits(threads: int | None) -> Iterator[None]:
+    """Hold the job's BLAS/OpenMP pools (numpy, scipy, XGBoost's OpenMP) and torch's
+    intra-op pool to the ``threads`` Snakemake gave the job.
+
+    Snakemake exports ``OMP_NUM_THREADS`` only to shell rules; in a ``script:`` rule numpy
+    is loaded before the script runs and its BLAS pool takes every core of the node, so
+    two 1-thread jobs of the demo each ran 2-thread matrix products on 2 cores (ood_scores,
+    misspecification).  ``None`` or < 1: no limit."""
+    if not threads or int(threads) < 1:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")  # only when the script uses it: importing torch costs seconds
+    before = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=int(threads)):
+        if torch is not None:
+            torch.set_num_threads(int(threads))
+        try:
+            yield
+        finally:
+            if torch is not None and before is not None:
+                torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def job_run(
     smk: Any,
     *,
@@ -669,7 +695,8 @@ def job_run(
         if params:
             job.log_params(params)
         job.log_provenance(config)
-        yield job
+        with job_thread_limits(getattr(smk, "threads", None)):
+            yield job
     except BaseException:
         log.exception("job failed")
         try:
