@@ -4,8 +4,14 @@ Every figure is a ratio against a baseline measured in the same run (these machi
 shared and noisy), next to the raw seconds.  Rows (the issue's items):
 
 1. ``dag``       -- ``snakemake -n`` on N observed files (benchmarks/dry_run_scaling.py), linear extrapolation to 600k.
-2. ``ingest``    -- files/s of the ingestion stages; ``INGEST_STAGES`` is the hook where the
-   realism and SDSS-frame cutout stages (other branches) add their rows.  Not measured yet.
+2. ``ingest``    -- the ingestion stages (``INGEST_STAGES``), each on demo files written as rule
+   make_demo_source writes them, against a naive single-process loop over the same files,
+   and 2 shard jobs at once against 1 process (per core):
+   cube files (``ingest_shard`` on the int16 cubes of ``bulgy``; files/s), the realism stage
+   (``realism_shard`` on the idealised TNG SKIRT files of ``compact`` against astropy's getdata
+   of each file + one HDF5 write; files/s) and the SDSS-frame cutouts (``cut_source_shard`` on
+   the frames + catalogue of ``sdss_demo`` against reading each galaxy's frames with astropy and
+   cutting them with ``reproject_interp``; catalogue rows = galaxies/s).
 3. ``loader``    -- images/s of the HDF5 training loader against the images/s a training step
    consumes, and training fed by the loader against training from batches in memory.
 4. ``train``     -- images/s of one k-sparse VAE training step (default settings, CPU) and the
@@ -163,6 +169,168 @@ def bench_ingest_cubes(quick: bool) -> list[Row]:
 
 
 INGEST_STAGES["cube files"] = bench_ingest_cubes
+
+
+def _demo_source(cfg: dict, name: str, folder: Path, **sizes: int) -> dict:
+    """Write demo source ``name`` into ``folder`` as rule make_demo_source does (its config's
+    layout, model and seed; ``sizes`` overrides n_galaxies / n_projections) and return its
+    config entry with ``path`` (and the catalogue's) moved from data/demo/<name> to ``folder``."""
+    from simobs.config import demo_source_settings
+    from simobs.data.demo_universe import generate_from_settings
+
+    generate_from_settings(folder, source=name, **{**demo_source_settings(cfg, name), **sizes, "workers": 1})
+    source = next(s for s in cfg["sources"] if s["name"] == name)
+
+    def moved(path: str) -> str:
+        return path.replace(f"data/demo/{name}", str(folder))
+
+    source = {**source, "path": moved(source["path"])}
+    if source.get("catalogue"):
+        source["catalogue"] = {**source["catalogue"], "path": moved(source["catalogue"]["path"])}
+    return source
+
+
+def _realism_slice(args: tuple) -> int:
+    """One realism shard job: realism_shard over its slice of the file index (rule realism's call)."""
+    from simobs.data.realism_stage import realism_shard
+
+    index, source, settings, seed, shard, n_shards, out = args
+    return realism_shard(source, settings, seed=seed, index=index, shard=shard, n_shards=n_shards, out=out,
+                         manifest=f"{out}.tsv").n_files
+
+
+def _naive_read_ragged(files: list[str], out: Path) -> int:
+    """The baseline for files of different sizes: astropy's getdata per file, the pixels
+    concatenated and written as one HDF5 dataset (with the shapes)."""
+    import h5py
+    from astropy.io import fits
+
+    arrays = [np.asarray(fits.getdata(f), dtype=np.float32) for f in files]
+    with h5py.File(out, "w") as h5:
+        h5.create_dataset("pixels", data=np.concatenate([a.ravel() for a in arrays]))
+        h5.create_dataset("shapes", data=np.array([a.shape for a in arrays]))
+    return len(arrays)
+
+
+def bench_ingest_realism(quick: bool) -> list[Row]:
+    """realism_shard on the demo's idealised TNG SKIRT files (the `compact` source, written
+    by demo_skirt as rule make_demo_source does) against reading the same files, in one
+    process and as 2 shard jobs at once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from simobs.data.ingest import list_source_files, write_file_index
+
+    cfg = _config()
+    name = next(s["name"] for s in cfg["sources"] if s.get("realism") is not None and s["layout"] == "skirt_tng")
+    sizes = {"n_galaxies": 10, "n_projections": 2} if quick else {}  # full: the demo's size
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _demo_source(cfg, name, Path(tmp) / name, **sizes)
+        files = list_source_files(source["path"])
+        n = len(files)
+        t_naive = _timed(lambda: _naive_read_ragged(files, Path(tmp) / "naive.h5"), repeat=2)
+        index = Path(tmp) / "index.txt"
+        write_file_index(source["path"], index, source=name)
+        job = (index, source, cfg["ingest"], int(cfg["seed"]))
+        t_one = _timed(lambda: _realism_slice((*job, 0, 1, Path(tmp) / "one.h5")), repeat=2)
+        halves = [(*job, i, 2, Path(tmp) / f"half{i}.h5") for i in range(2)]
+        with ProcessPoolExecutor(2) as pool:
+            list(pool.map(_realism_slice, [(*job, i, n, Path(tmp) / f"warm{i}.h5") for i in range(2)]))  # one file each
+            t_two = _timed(lambda: list(pool.map(_realism_slice, halves)), repeat=2)
+        sides = [shape[-1] for shape in _fits_shapes(files)]
+    note = (f"{n} TNG SKIRT broadband files (4, N, N) float32, N {min(sides)}-{max(sides)} px "
+            f"(the demo's {name} source{', toy size' if quick else ''})")
+    return [Row("2 ingest", "realism: naive loop (astropy getdata + one HDF5 write)", n / t_naive, "files/s",
+                note=note),
+            Row("2 ingest", "realism: realism_shard, 1 process", n / t_one, "files/s/core", "realism naive loop",
+                t_naive / t_one, note="calibration, placement at z, rebinning, PSF, sky + noise; shard with ivar"),
+            Row("2 ingest", "realism: realism_shard, 2 shard jobs at once", n / t_two / 2, "files/s/core",
+                "realism 1 process", t_one / t_two / 2, note=f"speed-up {t_one / t_two:.2f}x on {os.cpu_count()} cores")]
+
+
+def _fits_shapes(files: list[str]) -> list[tuple[int, ...]]:
+    from astropy.io import fits
+
+    return [tuple(fits.getheader(f)[f"NAXIS{k}"] for k in (3, 2, 1)) for f in files]
+
+
+INGEST_STAGES["realism"] = bench_ingest_realism
+
+
+def _cutout_slice(args: tuple) -> int:
+    """One cutout shard job: cut_source_shard over its slice of the plan (rule cutout_shard's call)."""
+    from simobs.data.cutouts import cut_source_shard
+
+    source, image_size, plan, shard, n_shards, out = args
+    return cut_source_shard(source, image_size, plan=plan, shard=shard, n_shards=n_shards, out=out,
+                            manifest=f"{out}.tsv")["n_rows"]
+
+
+def _naive_cutouts(plan_path: Path, bands: list[str], shape: tuple[int, int], pixel_scale: float, out: Path) -> int:
+    """The baseline: per galaxy and band, read its frame with astropy and cut it with
+    ``reproject_interp`` (bilinear) onto the galaxy's grid; one HDF5 write.  Returns the plan's rows."""
+    import h5py
+    import pandas as pd
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from reproject import reproject_interp
+
+    from simobs.data.cutouts import cutout_wcs
+
+    plan = pd.read_csv(plan_path, sep="\t", dtype={"id": str}, keep_default_na=False)
+    todo = plan[plan["code"] == ""]
+    cubes = np.zeros((len(todo), len(bands), *shape), dtype=np.float32)
+    for i, r in enumerate(todo.itertuples()):
+        grid = cutout_wcs(r.ra, r.dec, shape, pixel_scale)
+        for b, band in enumerate(bands):
+            data, header = fits.getdata(getattr(r, f"frame_{band}"), header=True)
+            cubes[i, b] = np.nan_to_num(reproject_interp((data, WCS(header)), grid, shape_out=shape,
+                                                         return_footprint=False))
+    with h5py.File(out, "w") as h5:
+        h5.create_dataset("images", data=cubes)
+    return len(plan)
+
+
+def bench_ingest_cutouts(quick: bool) -> list[Row]:
+    """cut_source_shard on the demo's SDSS frames and catalogue (the `sdss_demo` source, written
+    by demo_frames as rule make_demo_source does) against a naive per-galaxy loop, in one
+    process and as 2 shard jobs at once.  Rates are catalogue rows (galaxies) per second."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import pandas as pd
+
+    from simobs.data.cutouts import write_cutout_plan, write_frame_index
+
+    cfg = _config()
+    name = next(s["name"] for s in cfg["sources"] if s["layout"] == "sdss_frames")
+    size = [int(v) for v in cfg["ingest"]["image_size"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _demo_source(cfg, name, Path(tmp) / name, n_galaxies=20 if quick else 200)  # 1 field
+        t_index, n_frames = _timed_result(lambda: write_frame_index(source["path"], source["bands"],
+                                                                    Path(tmp) / "frames.tsv"))
+        plan = Path(tmp) / "plan.tsv"
+        t_plan, table = _timed_result(lambda: write_cutout_plan(source, size, index=Path(tmp) / "frames.tsv", out=plan))
+        n, n_cut = len(table), int((table["code"] == "").sum())
+        t_naive = _timed(lambda: _naive_cutouts(plan, source["bands"], tuple(size), float(source["pixel_scale"]),
+                                                Path(tmp) / "naive.h5"), repeat=2)
+        t_one = _timed(lambda: _cutout_slice((source, size, plan, 0, 1, Path(tmp) / "one.h5")), repeat=2)
+        halves = [(source, size, plan, i, 2, Path(tmp) / f"half{i}.h5") for i in range(2)]
+        with ProcessPoolExecutor(2) as pool:
+            list(pool.map(_cutout_slice, [(source, size, plan, i, n, Path(tmp) / f"warm{i}.h5") for i in range(2)]))
+            t_two = _timed(lambda: list(pool.map(_cutout_slice, halves)), repeat=2)
+        n_fields = pd.read_csv(Path(tmp) / "frames.tsv", sep="\t")["field"].nunique()
+    note = (f"{n} catalogue rows ({n_cut} cut, {n - n_cut} rejected by the plan), {n_frames} frames "
+            f"({n_fields} field(s) x {len(source['bands'])} bands, 2048x1489) of the demo's {name} source; "
+            f"frame index {t_index:.2f} s, plan {t_plan:.2f} s")
+    return [Row("2 ingest", "cutouts: naive loop (frame read + reproject_interp per galaxy and band)", n / t_naive,
+                "galaxies/s", note=note),
+            Row("2 ingest", "cutouts: cut_source_shard, 1 process", n / t_one, "galaxies/s/core",
+                "cutouts naive loop", t_naive / t_one,
+                note="each frame read once; reproject_adaptive (flux-conserving) per band onto a TAN grid"),
+            Row("2 ingest", "cutouts: cut_source_shard, 2 shard jobs at once", n / t_two / 2, "galaxies/s/core",
+                "cutouts 1 process", t_one / t_two / 2, note=f"speed-up {t_one / t_two:.2f}x on {os.cpu_count()} cores")]
+
+
+INGEST_STAGES["sdss cutouts"] = bench_ingest_cutouts
 
 
 def bench_ingest(quick: bool) -> list[Row]:
