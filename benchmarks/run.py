@@ -338,7 +338,11 @@ INGEST_STAGES["sdss cutouts"] = bench_ingest_cutouts
 
 
 def bench_ingest(quick: bool) -> list[Row]:
-    rows = [row for stage in INGEST_STAGES.values() for row in stage(quick)]
+    rows = []
+    for name, stage in INGEST_STAGES.items():
+        t0 = time.perf_counter()
+        rows += stage(quick)
+        print(f"[ingest {name}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
     return rows or [Row("2 ingest", "ingestion files/s", float("nan"), "files/s",
                         note="not measured yet: register stages in benchmarks/run.py INGEST_STAGES")]
 
