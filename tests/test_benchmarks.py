@@ -26,7 +26,7 @@ def test_separation_map_size_benchmark_runs_and_reports_ratios() -> None:
 def test_suite_prints_a_table_and_writes_json_with_ratios_and_the_machine(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/run.py"), "--quick", "--only", "ood", "encode", "demo", "ingest",
+        [sys.executable, str(REPO / "benchmarks/run.py"), "--quick", "--only", "ood", "encode", "demo",
          "--json", str(out_json)],
         capture_output=True, text=True, timeout=900, check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
     )
@@ -60,9 +60,15 @@ def test_training_loader_and_ingestion_rows_measure_against_their_baselines(tmp_
     assert loader["value"] > 0 and consume["value"] > 0
     assert abs(loader["ratio"] - loader["value"] / consume["value"]) < 1e-9 * loader["ratio"]  # a ratio of this run
     assert fed["ratio"] is not None and 0.3 < fed["value"] < 5, proc.stdout  # same steps, same batches
-    naive, one, two = by_item["2 ingest"]
-    assert naive["value"] > 0 and one["ratio"] > 0 and two["ratio"] > 0, proc.stdout
-    assert "60 files" in naive["note"]  # 20 galaxies x 3 projections of the demo's int16 cubes
+    ingest = by_item["2 ingest"]
+    assert len(ingest) == 9, proc.stdout  # cube files, realism, cutouts: naive loop, 1 process, 2 shard jobs
+    for naive, one, two in (ingest[0:3], ingest[3:6], ingest[6:9]):
+        assert naive["value"] > 0 and one["ratio"] > 0 and two["ratio"] > 0, proc.stdout
+        assert abs(one["ratio"] - one["value"] / naive["value"]) < 1e-9 * one["ratio"]  # the same files, this run
+        assert two["baseline"].endswith("1 process") and two["unit"] == one["unit"]
+    assert "60 files" in ingest[0]["note"]  # 20 galaxies x 3 projections of the demo's int16 cubes
+    assert "20 TNG SKIRT" in ingest[3]["note"] and ingest[3]["name"].startswith("realism:")  # 10 galaxies x 2
+    assert "20 catalogue rows" in ingest[6]["note"] and ingest[7]["unit"] == "galaxies/s/core"
 
 
 def test_dry_run_benchmark_runs_both_routes_and_reports_ratios() -> None:
