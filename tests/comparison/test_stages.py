@@ -151,3 +151,25 @@ def test_projection_outputs(tmp_path):
     first = t.copy()
     run_projection(emb, out, cfg)  # seeded: a rerun reproduces the coordinates
     assert np.allclose(pd.read_csv(out["table"])[["umap_1", "umap_2"]], first[["umap_1", "umap_2"]])
+
+
+def test_every_transform_batch_gets_the_same_epochs(monkeypatch):
+    """umap-learn runs 100 transform epochs on batches of <= 10,000 rows and 30 above, so a
+    source's last partial batch was placed with another optimisation than its full ones."""
+    import umap
+
+    from simobs.comparison.projection import ProjectionSettings, project_embeddings
+
+    seen = []
+    original = umap.UMAP.transform
+
+    def transform(self, x):
+        seen.append((len(x), self.n_epochs))
+        return original(self, x)
+
+    monkeypatch.setattr(umap.UMAP, "transform", transform)
+    sets = make_universe(seed=4, n_galaxies=30, n_obs=200)
+    project_embeddings(sets, ProjectionSettings(fit_on="observations", fit_max_samples=150, transform_batch_size=64,
+                                                n_neighbors=10, transform_epochs=7, seed=1))
+    assert len({n for n, _ in seen}) > 1  # full and partial batches
+    assert {e for _, e in seen} == {21}  # transform runs n_epochs // 3 = 7 epochs on each

@@ -10,12 +10,20 @@ on ~50k and transforming the rest takes minutes.
 Reproducibility: ``random_state`` fixes UMAP's initialisation and sampling (UMAP then
 runs single-threaded, which is the price of a bit-identical rerun).
 
-JIT compilation: most of umap-learn's numba kernels are compiled without ``cache=True``,
-so every process used to pay ~60 s of compilation before its first ``fit``/``transform``
-(issue 16).  :func:`cache_umap_kernels` switches numba's on-disk cache on for them, so
-the compilation is paid once per environment: the cache lives beside the package (in
-``site-packages/umap/__pycache__``) or, where that is read-only, in numba's user-wide
-cache (``~/.cache/numba``); ``NUMBA_CACHE_DIR`` moves it.
+Transform epochs: ``UMAP.transform`` optimises new rows for 100 epochs when a batch has
+at most 10,000 rows and 30 above, so a source's last partial batch (and every small
+source) was placed with another optimisation than the full batches.  Every batch gets
+``transform_epochs`` (default 30, umap-learn's own choice for large batches).
+
+JIT compilation: most of umap-learn's and pynndescent's numba kernels are compiled
+without ``cache=True``, so every process used to pay ~60 s of compilation before its
+first ``fit``/``transform`` (issue 16).  :func:`cache_umap_kernels` switches numba's
+on-disk cache on for them, so the compilation is paid once per environment: the cache
+lives beside the package (in ``site-packages/umap/__pycache__``) or, where that is
+read-only, in numba's user-wide cache (``~/.cache/numba``); ``NUMBA_CACHE_DIR`` moves it.
+pynndescent's ``nn_descent`` itself cannot be cached (numba: "uses dynamic globals"), so
+a fit of more than 4,096 rows (NN-descent rather than exact neighbours) still compiles
+it, ~14 s, in each process.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class ProjectionSettings:
     n_neighbors: int = 15
     min_dist: float = 0.1
     metric: str = "euclidean"
+    transform_epochs: int = 30
     seed: int = 0
 
     @classmethod
@@ -57,12 +66,17 @@ class ProjectionSettings:
         s = cls(**values)
         if s.fit_on not in ("all", "observations"):
             raise ValueError(f"projection.fit_on={s.fit_on!r}; choose 'all' or 'observations'")
+        if s.transform_epochs < 1:
+            raise ValueError(f"projection.transform_epochs={s.transform_epochs} must be >= 1")
         if s.fit_max_samples < s.n_neighbors + 2:
             raise ValueError(f"projection.fit_max_samples={s.fit_max_samples} must exceed n_neighbors={s.n_neighbors}")
         return s
 
 
-_UMAP_KERNEL_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.sparse", "umap.distances", "umap.spectral")
+_UMAP_KERNEL_MODULES = ("umap.umap_", "umap.layouts", "umap.utils", "umap.sparse", "umap.distances", "umap.spectral",
+                        # NN-descent (fits of > 4,096 rows): measured 34 s of JIT per process before, 14 s after
+                        "pynndescent.pynndescent_", "pynndescent.utils", "pynndescent.distances",
+                        "pynndescent.rp_trees", "pynndescent.sparse", "pynndescent.sparse_nndescent")
 
 
 def cache_umap_kernels() -> int:
@@ -78,7 +92,10 @@ def cache_umap_kernels() -> int:
 
     enabled = 0
     for name in _UMAP_KERNEL_MODULES:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # another pynndescent version lays its modules out differently
+            continue
         for value in vars(module).values():
             if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache) and not value.signatures:
                 value.enable_caching()
@@ -137,6 +154,9 @@ def project_embeddings(sets: Sequence[EmbeddingSet], settings: ProjectionSetting
     reducer = umap.UMAP(n_neighbors=settings.n_neighbors, min_dist=settings.min_dist, metric=settings.metric,
                         random_state=settings.seed, n_components=2, n_jobs=1)
     fit_coords = reducer.fit_transform(x_fit)
+    # transform() runs n_epochs // 3 epochs when n_epochs is set (the fit is done: it no longer
+    # reads it); unset, it runs 100 or 30 by batch size, so rows would be placed unevenly
+    reducer.n_epochs = 3 * settings.transform_epochs
     frames, offset = [], 0
     for s, idx in zip(sets, fit_idx):
         coords = np.empty((len(s), 2), dtype=np.float32)
