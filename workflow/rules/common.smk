@@ -49,7 +49,7 @@ OBSERVATIONS = [n for n, s in SOURCES.items() if s["kind"] == "observation"]
 # 3: the observations' chain up to the VAE (every comparison waits for the embedding);
 # 2: the score model's training (long and independent: start it early);
 # 1: the simulations and the comparison stages; 0 (the rest: the separate shards, the
-# evaluation, the summary) fills the gaps.  On 2 cores the other orders were measured
+# UMAP projection, the evaluation, the summary) fills the gaps.  On 2 cores the other orders were measured
 # 15.5-19 minutes for the demo (`make demo`, README "Two commands").
 PRIORITY_VAE_CHAIN, PRIORITY_SCORE_MODEL, PRIORITY_IMAGES = 3, 2, 1
 
