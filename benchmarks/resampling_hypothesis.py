@@ -16,7 +16,7 @@ stage's MMD test of each against the VAE-unseen observed galaxies at equal sizes
 from __future__ import annotations
 
 import argparse
-import json
+import glob
 
 import h5py
 import numpy as np
@@ -58,6 +58,7 @@ def resample_like_cutouts(images: np.ndarray, bands: list[str], norm: Normalisat
 
 def main() -> None:
     from simobs.comparison.embeddings import read_embedding_sets
+    from simobs.data.dataset import read_info
     from simobs.embedding import load_model
     from simobs.embedding.encode import encode_images
     from simobs.misspecification.mmd import mmd_permutation_test, one_per_group
@@ -74,17 +75,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     r = args.results
-    with h5py.File(f"{r}/datasets/{args.source}.h5") as f:
+    info = read_info(f"{r}/datasets/{args.source}.h5")
+    bands, pixel_scale = list(info.bands), info.pixel_scale_arcsec
+    with h5py.File(info.path) as f:
         images = f["images"][:]
-        bands = list(json.loads(f.attrs["bands"])) if isinstance(f.attrs["bands"], str) else [str(b) for b in f.attrs["bands"]]
-        norm_doc = json.loads(f.attrs["normalisation"])
-        pixel_scale = float(f.attrs["pixel_scale_arcsec"])
-    norm = Normalisation(norm_doc["method"], norm_doc["scale"])
+    norm = Normalisation(info.normalisation["method"], info.normalisation["scale"])
     model, info = load_model(f"{r}/embedding/model.pt")
     k = min(model.arch.latent_dim, int(round(float(info["alpha"]) * model.arch.k)))
     beta = float(info["beta"])
     objective = str(((info.get("extra") or {}).get("settings") or {}).get("objective", "elbo"))
-    sets = {s.source: s for s in read_embedding_sets(sorted(__import__("glob").glob(f"{r}/embeddings/*.h5")))}
+    sets = {s.source: s for s in read_embedding_sets(sorted(glob.glob(f"{r}/embeddings/*.h5")))}
     sim, obs = sets[args.source], sets[args.observations]
     resampled = resample_like_cutouts(images, bands, norm, pixel_scale)
     with torch.inference_mode():

@@ -622,15 +622,16 @@ def job_thread_limits(threads: int | None) -> Iterator[None]:
     from threadpoolctl import threadpool_limits
 
     torch = sys.modules.get("torch")  # only when the script uses it: importing torch costs seconds
-    before = torch.get_num_threads() if torch is not None else None
     with threadpool_limits(limits=int(threads)):
-        if torch is not None:
-            torch.set_num_threads(int(threads))
+        if torch is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(threads))
         try:
             yield
         finally:
-            if torch is not None and before is not None:
-                torch.set_num_threads(before)
+            torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

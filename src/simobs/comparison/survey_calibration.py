@@ -74,7 +74,6 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
         raise ValueError(f"replicate held-out logits must be (R, M, K) with (M, K) = {z.shape}, got {zr.shape}")
     rng = np.random.default_rng(seed)
     log_q = log_softmax(z, axis=1)
-    log_qr = None if zr is None else log_softmax(zr, axis=2)
     by_model = []
     for j in range(k):
         rows = np.flatnonzero(y == j)
@@ -96,10 +95,9 @@ def survey_calibration(logits: np.ndarray, labels: np.ndarray, galaxies: np.ndar
             lbf.append(sums[si, j] - sums[si, other])
             sd_boot.append(np.std(b, ddof=1))
             inside.append((np.percentile(b, lo), np.percentile(b, hi)))
-            if log_qr is not None:
-                per_replicate = log_qr[:, s].sum(axis=1)  # (R, K)
-                sd_cls.append(np.std(per_replicate[:, j] - per_replicate[:, other], ddof=1))
+            if zr is not None:
                 nested = bootstrap_aggregate(z[s], None, n_bootstrap, seed + si, replicate_logits=zr[:, s])
+                sd_cls.append(nested.log_bayes_factor_sd_classifiers[j, other])
                 sd_total.append(np.std(nested.log_bayes_factor_samples[:, j, other], ddof=1))
         lbf = np.array(lbf)
         mean_lbf = lbf.mean()
