@@ -85,3 +85,12 @@ def test_verdict_false_alarm_rate_is_nominal_within_two_points():
     lo, hi = binomial_interval(own_fa, n_surveys, level=0.999)
     assert lo <= nominal <= hi
     assert verdict_fa <= own_fa  # "no model is consistent" needs the own model's test to reject too
+
+
+def test_verdict_surveys_are_half_of_each_models_galaxies() -> None:
+    """Imbalanced models: each model's false-alarm surveys have its own size (not the smallest model's half)."""
+    from simobs.misspecification.verdict import verdict_survey_sizes
+
+    samples = {"tng": np.zeros((600, 2)), "nihao": np.zeros((30, 2)), "one": np.zeros((3, 2))}
+    assert verdict_survey_sizes(samples) == {"tng": 300, "nihao": 15, "one": 2}
+    assert verdict_survey_sizes(samples, cap=200) == {"tng": 100, "nihao": 15, "one": 2}

@@ -73,6 +73,9 @@ def test_imbalanced_models_reach_the_balanced_conclusion(imbalanced):
     assert abs(sims.flagged_fraction_knn.mean() - 0.05) < 0.04
     verdict = next(iter(json.loads((imbalanced / "misspecification/verdict.json").read_text()).values()))
     assert not verdict["misspecified"]
+    # each model's false-alarm surveys are half its galaxies (one projection each), not the
+    # smallest model's half for every model (was 8 for all)
+    assert verdict["survey_size"] == {"fiducial": 300, "compact": 30, "extended": 8, "bulgy": 40}
 
 
 def assert_calibrated_within_noise(results: Path, n_null: int = 2000) -> None:

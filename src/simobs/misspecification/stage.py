@@ -39,7 +39,13 @@ from simobs.misspecification.ood import HELD_OUT_SPLITS
 from simobs.misspecification.ood_stage import SIMULATIONS_REFERENCE
 from simobs.misspecification.scores import OOD_METHODS
 from simobs.misspecification.typicality import STATISTICS, atypical_mask, generalisation_gap, typical_set_threshold
-from simobs.misspecification.verdict import Standardiser, binomial_interval, mmd_power, verdict_rates
+from simobs.misspecification.verdict import (
+    Standardiser,
+    binomial_interval,
+    mmd_power,
+    verdict_rates,
+    verdict_survey_sizes,
+)
 from simobs.provenance import check_table_lineage, shared_digest
 from simobs.stagekit import StageOutput, read_table, save_figure, write_json, write_table
 
@@ -148,11 +154,11 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
         sim_samples[s.source] = std(s.embedding[idx])
         split = scores[scores.source == s.source].set_index("id").loc[list(s.ids[idx]), "split"].to_numpy()
         held_samples[s.source] = sim_samples[s.source][np.isin(split, HELD_OUT_SPLITS)]
-    # the verdict on simulated surveys (well-specified: false alarms) of half a model's galaxies
+    # the verdict on simulated surveys (well-specified: false alarms) of half of each model's galaxies
     n_fa = int(mmd_cfg.get("false_alarm_replicates", 100))
-    survey_n = max(2, min(len(v) for v in sim_samples.values()) // 2)
-    fa = {s.source: verdict_rates(sim_samples[s.source], sim_samples, survey_n, s.source, alpha, n_fa, p_perm, scales,
-                                  seed + k) for k, s in enumerate(sim_sets)}
+    survey_n = verdict_survey_sizes(sim_samples, max_n)
+    fa = {s.source: verdict_rates(sim_samples[s.source], sim_samples, survey_n[s.source], s.source, alpha, n_fa, p_perm,
+                                  scales, seed + k, max_n) for k, s in enumerate(sim_sets)}
     false_alarm = {n: v[0] for n, v in fa.items()}
     rows, results = [], {}
     for o in obs_sets:
@@ -180,9 +186,10 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
         consistent = m.loc[~m.rejected, "simulation"].tolist()
         weak = m.loc[~m.rejected & ~(m.power_nearest_other_model >= min_power), "simulation"].tolist()
         flagged = float(summary.loc[summary.source == o.source, f"flagged_fraction_{method}"].iloc[0])
-        # the same verdict on surveys of the observed galaxies, of the simulated surveys' size
-        _, rate_obs = verdict_rates(std(o.embedding[o.unseen_by_vae]), sim_samples, survey_n, None, alpha, n_fa, p_perm,
-                                    scales, seed)
+        # the same verdict on surveys of the observed galaxies, of the largest simulated surveys' size
+        x_obs = std(o.embedding[o.unseen_by_vae])
+        obs_n = max(2, min(max(survey_n.values()), len(x_obs) // 2))
+        _, rate_obs = verdict_rates(x_obs, sim_samples, obs_n, None, alpha, n_fa, p_perm, scales, seed, max_n)
         power_note = (f" The test's power against the nearest other model is below {min_power:.0%} for "
                       f"{', '.join(weak)}: not rejecting is weak evidence there." if weak else "")
         verdict[o.source] = {
@@ -191,7 +198,8 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
             "misspecified": not consistent,
             "flagged_fraction": flagged,
             "nominal_flagged_fraction": 1.0 - tpr,
-            "survey_size": survey_n,
+            "survey_size": survey_n,  # per model: its simulated surveys' size (false-alarm rates)
+            "observed_survey_size": obs_n,  # the observed sub-surveys' size
             "verdict_false_alarm_rate": {n: v[1] for n, v in fa.items()},  # surveys of each model: nominal <= alpha
             "test_false_alarm_rate": false_alarm,  # the test of a survey's own model rejects: nominal alpha
             # 95 % Wilson intervals of both rates: n_fa surveys resolve alpha only to a few points

@@ -23,7 +23,7 @@ import numpy as np
 
 from simobs.misspecification.mmd import mmd_permutation_test
 
-__all__ = ["Standardiser", "binomial_interval", "mmd_power", "verdict_rates"]
+__all__ = ["Standardiser", "binomial_interval", "mmd_power", "verdict_rates", "verdict_survey_sizes"]
 
 
 class Standardiser:
@@ -58,8 +58,8 @@ def binomial_interval(rate: float, n: int, level: float = 0.95) -> tuple[float, 
 
 
 def _rejects(x: np.ndarray, y: np.ndarray, alpha: float, n_permutations: int, seed: int,
-             bandwidth_scales: Sequence[float]) -> bool:
-    return mmd_permutation_test(x, y, n_permutations=n_permutations, max_samples=None,
+             bandwidth_scales: Sequence[float], max_samples: int | None = None) -> bool:
+    return mmd_permutation_test(x, y, n_permutations=n_permutations, max_samples=max_samples,
                                 bandwidth_scales=tuple(bandwidth_scales), seed=seed).rejects(alpha)
 
 
@@ -95,7 +95,8 @@ def mmd_power(sample: np.ndarray, alternatives: Sequence[np.ndarray], n: int, al
 
 def verdict_rates(pool: np.ndarray, samples: Mapping[str, np.ndarray], n: int, own: str | None = None,
                   alpha: float = 0.05, replicates: int = 100, n_permutations: int = 200,
-                  bandwidth_scales: Sequence[float] = (1.0,), seed: int = 0) -> tuple[float, float]:
+                  bandwidth_scales: Sequence[float] = (1.0,), seed: int = 0,
+                  max_samples: int | None = None) -> tuple[float, float]:
     """Rates of the verdict on surveys of ``n`` galaxies drawn from ``pool``.
 
     Each replicate draws a survey (without replacement) from ``pool`` and tests it against
@@ -107,6 +108,8 @@ def verdict_rates(pool: np.ndarray, samples: Mapping[str, np.ndarray], n: int, o
         pool: (G, D) standardised embeddings, one per galaxy.
         samples: model name -> (m, D) the sample each model is tested with.
         n: survey size (< G when ``own`` is given).
+        max_samples: each test subsamples both sides to at most this many (as the observed
+            sample's test does; bounds the cost for models of many galaxies).
 
     Returns:
         ``(own_rejected, misspecified)``: the rate at which the test of ``own`` rejects
@@ -123,9 +126,22 @@ def verdict_rates(pool: np.ndarray, samples: Mapping[str, np.ndarray], n: int, o
     for r in range(replicates):
         perm = rng.permutation(len(g))
         survey, rest = g[perm[:n]], g[perm[n:]]
-        hits = {name: _rejects(survey, rest if name == own else ref, alpha, n_permutations, seed + r, bandwidth_scales)
+        hits = {name: _rejects(survey, rest if name == own else ref, alpha, n_permutations, seed + r, bandwidth_scales,
+                               max_samples)
                 for name, ref in samples.items()}
         if own is not None:
             own_hits.append(hits[own])
         all_hits.append(all(hits.values()))
     return (float(np.mean(own_hits)) if own_hits else float("nan")), float(np.mean(all_hits))
+
+
+def verdict_survey_sizes(samples: Mapping[str, np.ndarray], cap: int | None = None) -> dict[str, int]:
+    """Size of each model's simulated surveys: half its galaxies (the rest is the model's sample), at most ``cap // 2``.
+
+    Per model, not the smallest model's half for all: with imbalanced models (600 galaxies
+    of one, 30 of another) a common size would measure every false-alarm rate on surveys
+    of 15 galaxies, far below the observed sample the verdict is about.  The test is a
+    permutation test, so each rate is valid at its own size.
+    """
+    sizes = {name: max(2, len(v) // 2) for name, v in samples.items()}
+    return {name: (max(2, min(n, int(cap) // 2)) if cap else n) for name, n in sizes.items()}
