@@ -147,13 +147,11 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
     reps, p_perm = int(mmd_cfg.get("power_replicates", 10)), int(mmd_cfg.get("power_permutations", 200))
     per_galaxy = bool(mmd_cfg.get("one_projection_per_galaxy", True))
     std = Standardiser(np.concatenate([s.embedding for s in sim_sets]))
-    sim_samples, held_samples = {}, {}
+    sim_samples = {}
     for k, s in enumerate(sim_sets):
         # one projection per galaxy: projections of one galaxy are not independent draws
         idx = one_per_group(s.galaxy_ids, seed + k) if per_galaxy else np.arange(len(s))
         sim_samples[s.source] = std(s.embedding[idx])
-        split = scores[scores.source == s.source].set_index("id").loc[list(s.ids[idx]), "split"].to_numpy()
-        held_samples[s.source] = sim_samples[s.source][np.isin(split, HELD_OUT_SPLITS)]
     # the verdict on simulated surveys (well-specified: false alarms) of half of each model's galaxies
     n_fa = int(mmd_cfg.get("false_alarm_replicates", 100))
     survey_n = verdict_survey_sizes(sim_samples, max_n)
@@ -166,7 +164,7 @@ def run_misspecification(embedding_paths: Sequence[str | Path], ood_scores_path:
         for k, s in enumerate(sim_sets):
             r = mmd_permutation_test(x, sim_samples[s.source], n_permutations=n_perm, max_samples=max_n,
                                      bandwidth_scales=scales, seed=seed + k)
-            power, n_pow = mmd_power(sim_samples[s.source], [held_samples[t.source] for t in sim_sets if t is not s],
+            power, n_pow = mmd_power(sim_samples[s.source], [sim_samples[t.source] for t in sim_sets if t is not s],
                                      r.n_x, alpha, reps, p_perm, scales, seed + k)
             results[s.source if len(obs_sets) == 1 else f"{s.source} / {o.source}"] = r
             rows.append({"observations": o.source, "simulation": s.source, "mmd2": r.mmd2, "p_value": r.p_value,

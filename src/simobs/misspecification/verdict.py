@@ -2,9 +2,9 @@
 
 A simulation is called *consistent* with an observed sample when the MMD test does not
 reject.  That is evidence only if the test could have rejected: :func:`mmd_power`
-measures, from held-out simulated galaxies, how often the test rejects a simulation
-when the sample comes from *another* model (power against the nearest alternative, at
-the sample size the held-out galaxies allow).  :func:`verdict_rates` measures, on surveys
+measures, from simulated galaxies, how often the test rejects a simulation when the
+sample comes from *another* model (power against the nearest alternative, at the
+observed sample's size or half the alternative's galaxies, whichever is smaller).  :func:`verdict_rates` measures, on surveys
 drawn from one model's galaxies (well-specified by construction; one projection each),
 how often the test of that model rejects (its false-alarm rate, nominally ``alpha``) and
 how often the verdict "no simulation is consistent" (every test rejects) is reached (the
@@ -70,18 +70,21 @@ def mmd_power(sample: np.ndarray, alternatives: Sequence[np.ndarray], n: int, al
 
     Args:
         sample: (m, D) the simulation's sample as tested (standardised).
-        alternatives: (n_j, D) held-out galaxies of each other model (one projection each).
-        n: survey size (the observed sample's tested size); capped per alternative at n_j.
+        alternatives: (n_j, D) galaxies of each other model (one projection each; no
+            model's images were seen by the VAE, and none is in ``sample``, so all of them
+            serve, not only the classifier's held-out split).
+        n: survey size (the observed sample's tested size); capped per alternative at
+            n_j // 2, so that the replicates draw different galaxies.
         replicates: subsamples of each alternative tested.
 
     Returns:
         ``(power, n_used)``: the rate, and the smallest survey size it was measured at
-        (below ``n`` when the held-out galaxies are fewer: then a lower bound).
+        (below ``n`` when an alternative has fewer than 2n galaxies: then a lower bound).
     """
     rng = np.random.default_rng(seed)
     rates, used = [], []
     for j, alt in enumerate(alternatives):
-        size = int(min(n, len(alt)))
+        size = int(min(n, len(alt) // 2))
         if size < 2:
             continue
         hits = [_rejects(alt[rng.choice(len(alt), size, replace=False)], sample, alpha, n_permutations,
