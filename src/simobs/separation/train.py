@@ -110,6 +110,22 @@ class TrainSettings:
             raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    @classmethod
+    def from_rule_config(cls, values: Mapping[str, Any], *, seed: int, sigma_max: float) -> tuple[TrainSettings, str]:
+        """Settings and device from a training rule's merged config (``separation.model``, ``.sde``, ``.training``...).
+
+        ``values`` holds ``device`` and ``sigma_max`` besides the settings; ``t_max`` is
+        :func:`training_t_max` of ``sigma_max`` (the largest σ the model will be used at).
+
+        Returns:
+            ``(settings, device)``.
+        """
+        values = dict(values)
+        device = values.pop("device")
+        values.pop("sigma_max", None)
+        schedule = LinearBetaSchedule(values["beta_min"], values["beta_max"])
+        return cls.from_mapping({**values, "seed": seed, "t_max": training_t_max(schedule, sigma_max)}), device
+
 
 @dataclass
 class ConditionalTrainSettings(TrainSettings):

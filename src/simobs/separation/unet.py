@@ -139,7 +139,8 @@ class UNet(nn.Module):
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"map size {tuple(x.shape[-2:])} must be divisible by {self.factor}")
         if (cond is None) != (self.cond_dim == 0):
-            raise ValueError(f"this U-Net has cond_dim={self.cond_dim}; got cond={None if cond is None else tuple(cond.shape)}")
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"this U-Net has cond_dim={self.cond_dim}; got cond={got}")
         temb = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
         if cond is not None:
             if cond.shape != (x.shape[0], self.cond_dim):
