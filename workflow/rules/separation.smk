@@ -161,3 +161,43 @@ rule evaluate_separation:
         CPU_ENV
     script:
         "../scripts/evaluate_separation.py"
+
+
+# Opt-in (not in TARGETS): the phi-conditioned score model of the blind stage (Gibbs
+# diffusion), trained on the same dust maps with phi = (H0, ombh2) drawn per example from
+# the box of the camb spectra grid (rule cmb_spectra_grid) and the noise coloured by
+# Sigma_phi.  Run: snakemake results/separation/blind_score_model.pt
+rule train_blind_score_model:
+    input:
+        fields="results/separation/fields.h5",
+        fields_run="results/separation/make_fields.run_id",
+        spectra_grid="results/separation/cmb_spectra_grid.h5",
+    output:
+        model="results/separation/blind_score_model.pt",
+        history="results/separation/blind_training_history.csv",
+        run_id="results/separation/train_blind_score_model.run_id",
+    log:
+        "results/logs/separation/train_blind_score_model.log",
+    benchmark:
+        "results/benchmarks/separation/train_blind_score_model.tsv"
+    params:
+        settings={
+            **SEPARATION["model"],
+            **SEPARATION["sde"],
+            **SEPARATION["training"],
+            **SEPARATION["conditional"],
+        },
+        seed=SEPARATION_SEED + 1,
+        # train up to t*(the largest sigma the blind sampler may visit)
+        sigma_max=SEPARATION["conditional"]["sigma_max"] or SEPARATION_SIGMA_MAX,
+        # not an output: it must survive a failed job (see train_score_model)
+        checkpoint="results/separation/checkpoints/blind_score_model.ckpt",
+    threads: 2
+    priority: PRIORITY_SCORE_MODEL
+    resources:
+        mem_mb=8000,
+        runtime=720,  # minutes; the GPU itself comes from the SLURM profile
+    conda:
+        GPU_ENV
+    script:
+        "../scripts/train_blind_score_model.py"

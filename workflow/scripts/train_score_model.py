@@ -6,18 +6,13 @@ import torch
 from simobs.io import atomic_path
 from simobs.separation.dataset import read_field_dataset
 from simobs.separation.figures import denoising_examples_figure
-from simobs.separation.sde import LinearBetaSchedule
-from simobs.separation.train import TrainSettings, denoising_examples, train_score_model, training_t_max
+from simobs.separation.train import TrainSettings, denoising_examples, train_score_model
 from simobs.tracking import job_run
 
 p = snakemake.params
 out = snakemake.output
 torch.set_num_threads(snakemake.threads)
-settings = dict(p.settings)
-device = settings.pop("device")
-settings.pop("sigma_max")
-schedule = LinearBetaSchedule(settings["beta_min"], settings["beta_max"])
-settings = TrainSettings.from_mapping({**settings, "seed": p.seed, "t_max": training_t_max(schedule, p.sigma_max)})
+settings, device = TrainSettings.from_rule_config(p.settings, seed=p.seed, sigma_max=p.sigma_max)
 
 with job_run(snakemake, params={**vars(settings), "device": device, "sigma_max": p.sigma_max}) as run:
     run.log_input_dataset(snakemake.input.fields, "separation-fields")

@@ -102,7 +102,11 @@ class RowColouredNoise:
             raise ValueError(f"asked for {shape[0]} rows of noise, the power has {self.sqrt_half.shape[0]}")
         white = torch.randn((shape[0], self.npix, self.npix), generator=generator,
                             dtype=self.sqrt_half.dtype, device=self.sqrt_half.device)
-        spec = torch.fft.rfft2(white, norm="ortho") * self.sqrt_half
+        return self.colour(white)
+
+    def colour(self, white: torch.Tensor) -> torch.Tensor:
+        """``Σ_row^{1/2} w`` for white fields ``w`` of shape ``(B, npix, npix)`` (row ``i`` with power ``i``)."""
+        spec = torch.fft.rfft2(white.to(self.sqrt_half.dtype), norm="ortho") * self.sqrt_half
         return torch.fft.irfft2(spec, s=(self.npix, self.npix), norm="ortho")
 
 

@@ -1,5 +1,8 @@
 """A small U-Net for periodic maps: circular padding everywhere and a sinusoidal time embedding.
 
+Optionally conditioned on a parameter vector (the CMB parameters φ of the blind stage): an
+MLP of the parameters is added to the time embedding, so every residual block sees them.
+
 Circular padding matches the periodic (torus) geometry of the fields and of the
 Fourier-diagonal noise: no pixel is special, so the network stays translation
 equivariant, as the stationary posterior is.
@@ -79,6 +82,10 @@ class UNet(nn.Module):
             scales ~10 % low; 64 suits 256×256 on a GPU).
         channel_mults: width multipliers per resolution level.
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        cond_dim: length of the conditioning vector (0: none, the known-φ architecture with
+            exactly its parameters).  It should be of order 1 (e.g. φ mapped to [-1, 1]).
+        cond_embedding_dim: hidden width of the conditioning MLP
+            ``Linear(cond_dim, ·) → SiLU → Linear(·, 4·base_channels)``; default ``4·base_channels``.
     """
 
     def __init__(
@@ -87,12 +94,18 @@ class UNet(nn.Module):
         base_channels: int = 32,
         channel_mults: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 1,
+        cond_dim: int = 0,
+        cond_embedding_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.t_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(
             nn.Linear(base_channels, self.t_dim), nn.SiLU(), nn.Linear(self.t_dim, self.t_dim)
         )
+        self.cond_dim = int(cond_dim)
+        if self.cond_dim > 0:  # only then: cond_dim 0 keeps the state-dict keys of existing checkpoints
+            hidden = int(cond_embedding_dim or self.t_dim)
+            self.cond_mlp = nn.Sequential(nn.Linear(self.cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, self.t_dim))
         self.base_channels = base_channels
         self.stem = _conv3(in_channels, base_channels)
         self.down = nn.ModuleList()
@@ -121,10 +134,18 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.factor = 2 ** (len(channel_mults) - 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps ``x`` (B, C, H, W), times ``t`` (B,), conditioning ``cond`` (B, cond_dim) when ``cond_dim > 0``."""
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"map size {tuple(x.shape[-2:])} must be divisible by {self.factor}")
+        if (cond is None) != (self.cond_dim == 0):
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"this U-Net has cond_dim={self.cond_dim}; got cond={got}")
         temb = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
+        if cond is not None:
+            if cond.shape != (x.shape[0], self.cond_dim):
+                raise ValueError(f"cond must have shape ({x.shape[0]}, {self.cond_dim}), got {tuple(cond.shape)}")
+            temb = temb + self.cond_mlp(cond.to(temb.dtype))
         h = self.stem(x)
         hs = [h]
         for layer in self.down:
