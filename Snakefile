@@ -31,6 +31,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/embedding.smk"
 include: "workflow/rules/comparison.smk"
 include: "workflow/rules/separation.smk"
+include: "workflow/rules/blind.smk"
 include: "workflow/rules/report.smk"
 
 
