@@ -41,6 +41,12 @@ rule all:
         TARGETS,
 
 
+# Opt-in, not in TARGETS: blind separation by Gibbs diffusion (workflow/rules/blind.smk).
+rule blind:
+    input:
+        rules.evaluate_blind.output,
+
+
 onstart:
     start_tracking_invocation()
 

@@ -1,6 +1,6 @@
 # Blind component separation by Gibbs diffusion (issue #15): the CMB parameters
 # phi = (H0, ombh2) and its amplitude sigma are unknown and sampled jointly with the dust.
-# Opt-in: `snakemake blind` (not in the default targets).  Logic: src/simobs/separation/blind.py.
+# Opt-in: `snakemake blind` (rule blind in the Snakefile; not in the default targets).  Logic: src/simobs/separation/blind.py.
 
 from simobs.separation.blind import predictor_path
 
@@ -127,8 +127,3 @@ rule evaluate_blind:
     script:
         "../scripts/evaluate_blind.py"
 
-
-# The opt-in target: `snakemake blind --cores N`.
-rule blind:
-    input:
-        rules.evaluate_blind.output,
