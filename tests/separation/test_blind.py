@@ -111,7 +111,7 @@ def _tiny_setup(spectrum, n_obs: int = 2):
 def test_one_shard_end_to_end_writes_chains_of_the_documented_shapes(spectrum, tmp_path) -> None:
     obs, gaussian, lower, upper = _tiny_setup(spectrum)
     gibbs = {"n_chains": 3, "n_iterations": 6, "n_burn": 2, "n_steps": 4, "method": "heun", "n_warmup": 20,
-             "n_hmc": 1, "n_leapfrog": 5, "target_accept": 0.65}
+             "n_hmc": 1, "n_leapfrog": 5, "target_accept": 0.65, "init": "gaussian_dust"}
     shard = separate_blind(obs, np.array([4, 5]), spectrum=spectrum, predictor=gaussian, schedule=gaussian.schedule,
                            gaussian=gaussian, lower=lower, upper=upper, gibbs=gibbs,
                            baselines={"n_chains": 2, "n_draws": 8, "n_warmup": 20}, seed=0)

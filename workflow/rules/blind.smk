@@ -76,7 +76,7 @@ rule blind_separate:
         "results/benchmarks/separation/blind_separate.{shard}.tsv"
     params:
         settings={k: BLIND[k] for k in ("predictor", "n_shards", "n_chains", "n_gibbs", "n_burn", "n_steps",
-                                        "method", "hmc", "baselines", "device")},
+                                        "method", "init", "hmc", "baselines", "device")},
         prior=BLIND["prior"],
         sigma=SEPARATION["fields"]["sigma"],
         sde=SEPARATION["sde"],

@@ -41,7 +41,8 @@ with job_run(snakemake, params={**s, "prior": p.prior, "seed": p.seed}) as run:
     predictor, schedule = load_predictor(s["predictor"], models[0] if models else None, gaussian, device)
     gibbs = {"n_chains": s["n_chains"], "n_iterations": s["n_gibbs"], "n_burn": s["n_burn"], "n_steps": s["n_steps"],
              "method": s["method"], "n_warmup": s["hmc"]["n_warmup"], "n_hmc": s["hmc"]["n_transitions"],
-             "n_leapfrog": s["hmc"]["n_leapfrog"], "target_accept": s["hmc"]["target_accept"]}
+             "n_leapfrog": s["hmc"]["n_leapfrog"], "target_accept": s["hmc"]["target_accept"],
+             "init": s["init"]}
     n_total = s["n_burn"] + s["n_gibbs"]
     result = separate_blind(
         obs, idx, spectrum=spectrum, predictor=predictor, schedule=schedule, gaussian=gaussian, lower=lower,

@@ -310,7 +310,9 @@ def separate_blind(
         lower, upper: the prior box of θ.
         gibbs: keyword arguments of :func:`gibbs_diffusion` (``n_chains``, ``n_iterations``,
             ``n_burn``, ``n_steps``, ``method``, ``n_warmup``, ``n_hmc``, ``n_leapfrog``,
-            ``target_accept``).
+            ``target_accept``) and ``init``: ``prior`` (chains start at prior draws) or
+            ``gaussian_dust`` (at draws of the Gaussian-dust posterior of the same data, as
+            :func:`gibbs_diffusion` advises against self-consistent traps; the baselines run first).
         baselines: keyword arguments of :func:`sample_parameters` (``n_chains``, ``n_draws``, ``n_warmup``).
         seed: the shard's seed (Gibbs: ``seed``; oracle ``seed + 1``; Gaussian dust ``seed + 2``).
     """
@@ -318,8 +320,6 @@ def separate_blind(
     dev = torch.device(device)
     y = torch.as_tensor(obs.observation, dtype=dtype, device=dev)
     n, npix = y.shape[0], y.shape[-1]
-    result = gibbs_diffusion(y, spectrum=spectrum, predictor=predictor, schedule=schedule, lower=lower, upper=upper,
-                             seed=seed, dtype=dtype, device=dev, on_iteration=on_iteration, **dict(gibbs))
     c = int(baselines.get("n_chains", 4))
     residual = torch.as_tensor(obs.observation - obs.dust, dtype=dtype, device=dev).repeat_interleave(c, dim=0)
     centred = (y - gaussian.dust_mean).repeat_interleave(c, dim=0)
@@ -335,6 +335,15 @@ def separate_blind(
     for offset, (name, fn) in enumerate((("oracle", oracle), ("gaussian_dust", marginal)), start=1):
         draws[name] = sample_parameters(fn, n_rows=n, lower=lower, upper=upper, seed=seed + offset, dtype=dtype,
                                         device=dev, **dict(baselines))
+    settings = dict(gibbs)
+    start = None
+    if settings.pop("init", "prior") == "gaussian_dust":
+        # the cheap pilot posterior of the data alone (never the truth): random draws of it start the chains
+        pool = draws["gaussian_dust"].reshape(n, -1, 3)
+        pick = np.random.default_rng(seed + 3).choice(pool.shape[1], size=settings["n_chains"], replace=False)
+        start = pool[:, pick]
+    result = gibbs_diffusion(y, spectrum=spectrum, predictor=predictor, schedule=schedule, lower=lower, upper=upper,
+                             seed=seed, dtype=dtype, device=dev, on_iteration=on_iteration, init=start, **settings)
     return BlindShard(np.asarray(indices), result.theta, result.accept, result.step_size, result.dust_mean,
                       draws["oracle"], draws["gaussian_dust"], {"seed": int(seed), "npix": int(npix)})
 
