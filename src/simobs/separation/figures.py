@@ -235,11 +235,12 @@ def blind_corner_figure(panels: Sequence[tuple[str, Mapping[str, np.ndarray], np
                 if j > i:
                     ax.set_axis_off()
                     continue
-                for label, d in draws.items():
+                for label, d in reversed(list(draws.items())):  # the first method drawn on top
                     if i == j:
                         ax.hist(d[:, i], bins=30, density=True, histtype="step", color=colours[label], label=label)
                     else:
-                        ax.plot(d[:, j], d[:, i], ".", ms=1.5, alpha=0.4, color=colours[label])
+                        ax.plot(d[:, j], d[:, i], ".", ms=2 if label == next(iter(draws)) else 1.5, alpha=0.5,
+                                color=colours[label])
                 if i == j:
                     ax.axvline(truth[i], color="k", ls="--", lw=1)
                     ax.set_yticks([])
@@ -250,7 +251,8 @@ def blind_corner_figure(panels: Sequence[tuple[str, Mapping[str, np.ndarray], np
                 if j == 0 and i > 0:
                     ax.set_ylabel(names[i])
                 ax.tick_params(labelsize=6)
-        axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        axes[0, 0].legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
         sub.suptitle(title, fontsize=9)
     return fig
 
