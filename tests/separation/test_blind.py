@@ -217,3 +217,23 @@ def test_gibbs_diffusion_with_the_analytic_score_matches_the_exact_blind_posteri
     z = (flat.mean(0) - mean) / (sd / np.sqrt(ess[0]))
     assert np.all(np.abs(z) < 4), (flat.mean(0), mean, z)
     np.testing.assert_allclose(flat.std(0), sd, rtol=0.10)
+
+
+def test_fields_observations_take_the_fields_cosmology_as_truth_and_the_predictor_input_follows_the_config() -> None:
+    import json
+
+    from simobs.separation.blind import fields_observations, predictor_path
+    from simobs.separation.dataset import FieldDataset
+
+    rng = np.random.default_rng(5)
+    maps = rng.normal(size=(3, 4, 8, 8))
+    fields = FieldDataset(maps[0], maps[1], maps[2], np.array([0.6, 0.9, 1.2]), maps[1] + maps[2], np.ones((8, 8)),
+                          {"cosmology": json.dumps({"H0": 70.0, "ombh2": 0.02})})
+    obs = fields_observations(fields, 2)
+    np.testing.assert_allclose(obs.theta, [[70.0, 0.02, 0.6], [70.0, 0.02, 0.9]])
+    np.testing.assert_array_equal(obs.observation, fields.observation[:2])
+    assert obs.source == "fields"
+    assert predictor_path({"predictor": "gaussian"}, "m.pt") == []  # no score model needed
+    assert predictor_path({"predictor": "learned"}, "m.pt") == ["m.pt"]
+    with pytest.raises(ValueError, match="separation.blind.predictor"):
+        predictor_path({"predictor": "wiener"}, "m.pt")
