@@ -181,7 +181,7 @@ def test_gibbs_diffusion_with_the_analytic_score_matches_the_exact_blind_posteri
     The family is camb's (H0, ω_b) on a 16² patch of 30' pixels (ℓ 45-510, around the first peak); the dust
     (slope −2.5) is 10 % of the CMB's variance, the regime of the paper where the chain mixes in tens of
     iterations.  Measured (seed 0, 8 chains x 200 after 50): R̂ ≤ 1.007, ESS 1200-1280, |z| ≤ 1.41, widths
-    2-3 % low (MC error of a width at that ESS: ~2 %); 83 s under pytest.
+    2-3 % low (MC error of a width at that ESS: ~2 %); 21 s on an idle core, 83 s on a loaded one.
     """
     npix, pix = 16, 30.0
     spectrum = SpectrumInterpolator(read_spectra_grid(CAMB_GRID), npix, pix)
