@@ -31,6 +31,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/embedding.smk"
 include: "workflow/rules/comparison.smk"
 include: "workflow/rules/separation.smk"
+include: "workflow/rules/blind.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -38,6 +39,12 @@ rule all:
     default_target: True
     input:
         TARGETS,
+
+
+# Opt-in, not in TARGETS: blind separation by Gibbs diffusion (workflow/rules/blind.smk).
+rule blind:
+    input:
+        rules.evaluate_blind.output,
 
 
 onstart:

@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = ["separation_examples_figure", "power_spectra_figure", "cross_correlation_figure", "coverage_figure",
-           "denoising_examples_figure", "fields_overview_figure"]
+           "denoising_examples_figure", "fields_overview_figure", "blind_trace_figure", "blind_corner_figure",
+           "sbc_rank_figure"]
 
 
 def separation_examples_figure(
@@ -189,5 +190,98 @@ def fields_overview_figure(fields) -> Figure:
         axes[3].set_title("CMB TT spectrum (camb)", fontsize=9)
     else:
         axes[3].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def blind_trace_figure(chains: np.ndarray, truth: np.ndarray, names: Sequence[str], title: str = "") -> Figure:
+    """Trace of every chain of one observation, one panel per parameter, the truth dashed.
+
+    Args:
+        chains: shape ``(C, T, P)``.
+        truth: shape ``(P,)``.
+        names: parameter names, length ``P``.
+    """
+    c, t, p = chains.shape
+    fig, axes = plt.subplots(p, 1, figsize=(6, 1.6 * p), sharex=True, squeeze=False)
+    for j, ax in enumerate(axes[:, 0]):
+        for k in range(c):
+            ax.plot(np.arange(t), chains[k, :, j], lw=0.8)
+        ax.axhline(truth[j], color="k", ls="--", lw=1)
+        ax.set_ylabel(names[j])
+    axes[-1, 0].set_xlabel("Gibbs iteration (after burn-in)")
+    axes[0, 0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def blind_corner_figure(panels: Sequence[tuple[str, Mapping[str, np.ndarray], np.ndarray]],
+                        names: Sequence[str]) -> Figure:
+    """Corner plots of posterior draws per method against the truth, one block per observation, side by side.
+
+    Args:
+        panels: ``(title, {method: (S, P) draws}, truth (P,))`` per observation.
+        names: parameter names, length ``P``.
+    """
+    p = len(names)
+    fig = plt.figure(figsize=(2.2 * p * len(panels), 2.2 * p + 0.3), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(1, len(panels)))
+    for sub, (title, draws, truth) in zip(subfigs, panels):
+        axes = sub.subplots(p, p, squeeze=False)
+        colours = dict(zip(draws, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+        for i in range(p):
+            for j in range(p):
+                ax = axes[i, j]
+                if j > i:
+                    ax.set_axis_off()
+                    continue
+                for label, d in reversed(list(draws.items())):  # the first method drawn on top
+                    if i == j:
+                        ax.hist(d[:, i], bins=30, density=True, histtype="step", color=colours[label], label=label)
+                    else:
+                        ax.plot(d[:, j], d[:, i], ".", ms=2 if label == next(iter(draws)) else 1.5, alpha=0.5,
+                                color=colours[label])
+                if i == j:
+                    ax.axvline(truth[i], color="k", ls="--", lw=1)
+                    ax.set_yticks([])
+                else:
+                    ax.plot(truth[j], truth[i], "k+", ms=10, mew=1.5)
+                if i == p - 1:
+                    ax.set_xlabel(names[j])
+                if j == 0 and i > 0:
+                    ax.set_ylabel(names[i])
+                ax.tick_params(labelsize=6)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        axes[0, 0].legend(handles[::-1], labels[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
+        sub.suptitle(title, fontsize=9)
+    return fig
+
+
+def sbc_rank_figure(ranks: Mapping[str, np.ndarray], n_ranks: Mapping[str, int], names: Sequence[str],
+                    n_bins: int, pvalues: Mapping[str, Sequence[float]]) -> Figure:
+    """SBC rank histograms: one row per method, one column per parameter, the uniform expectation shaded (±2 sd).
+
+    Args:
+        ranks: ``{method: (n, P) ranks in 0..L}``.
+        n_ranks: ``{method: L}``.
+        names: parameter names.
+        n_bins: histogram bins (those of the χ² test).
+        pvalues: ``{method: P p-values}`` shown in the panels.
+    """
+    methods, p = list(ranks), len(names)
+    fig, axes = plt.subplots(len(methods), p, figsize=(2.6 * p, 2.0 * len(methods)), squeeze=False)
+    for r, m in enumerate(methods):
+        edges = np.linspace(0, n_ranks[m] + 1, n_bins + 1).round()
+        n = ranks[m].shape[0]
+        expected = n * np.diff(edges) / (n_ranks[m] + 1)
+        for j in range(p):
+            ax = axes[r, j]
+            ax.hist(ranks[m][:, j], bins=edges, color="C0", alpha=0.7)
+            ax.fill_between(edges, *(np.r_[expected, expected[-1]] + s * 2 * np.sqrt(np.r_[expected, expected[-1]])
+                                     for s in (-1, 1)), step="post", color="0.85", zorder=0)
+            ax.set_title(f"{m}: {names[j]} (p = {pvalues[m][j]:.2f})", fontsize=8)
+            ax.set_yticks([])
+            if r == len(methods) - 1:
+                ax.set_xlabel("rank of the truth")
     fig.tight_layout()
     return fig
