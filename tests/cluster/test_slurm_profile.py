@@ -14,7 +14,7 @@ from snakemake.profiles import ProfileConfigFileParser
 
 from slurm_helpers import PROJECT_PROFILE, TEST_PROFILE, TEST_SITE
 
-GPU_RULES = ("train_embedding", "train_score_model", "embed", "separate")
+GPU_RULES = ("train_embedding", "train_score_model", "embed", "separate", "train_blind_score_model", "blind_separate")
 
 
 def render(monkeypatch: pytest.MonkeyPatch, cwd: Path, site: Path | None) -> dict:
@@ -101,3 +101,17 @@ def test_second_profile_replaces_top_level_keys(monkeypatch, tmp_path):
     assert args.max_threads == 2
     assert args.jobs == 4  # from the test site file
     assert set(args.set_resources) == set(GPU_RULES)
+
+
+def test_every_rule_of_the_gpu_environment_is_a_gpu_rule_of_the_profile() -> None:
+    """A rule declared with `conda: GPU_ENV` gets the GPU partition and a GPU on a cluster."""
+    import re
+
+    rules_dir = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+    gpu = set()
+    for smk in rules_dir.glob("*.smk"):
+        for block in re.split(r"\n(?=rule |checkpoint )", smk.read_text()):
+            m = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if m and re.search(r"conda:\s*\n\s*GPU_ENV", block):
+                gpu.add(m.group(1))
+    assert gpu == set(GPU_RULES)
