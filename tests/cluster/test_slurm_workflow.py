@@ -60,8 +60,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TINY_CONFIG = REPO / "tests" / "data" / "tiny.yaml"
 CLUSTER_LAYER = REPO / "tests" / "cluster" / "tiny-cluster.yaml"
-#: The rules slurm/config.yaml sends to the GPU partition with a GPU.
+#: The study's rules that slurm/config.yaml sends to the GPU partition with a GPU.
 GPU_RULES = frozenset({"train_embedding", "embed", "train_score_model", "separate"})
+#: The opt-in target `blind`'s GPU rules (issue #15).
+BLIND_GPU_RULES = frozenset({"train_blind_score_model", "blind_separate"})
+BLIND_LAYER = REPO / "tests" / "cluster" / "tiny-blind.yaml"
 #: The rules that make results/datasets/<source>.h5: the demo universe, the SDSS-frame
 #: cutouts of the observed survey, the realism stage of the TNG-layout model, ingestion.
 OBSERVED_DATA_RULES = frozenset({"make_demo_source", "frame_index", "cutout_plan", "cutout_shard",
@@ -126,8 +129,10 @@ def _args(workdir: Path, *targets: str) -> tuple[str, ...]:
             "--configfile", str(TINY_CONFIG), str(CLUSTER_LAYER))
 
 
-def _run(cluster: SlurmCluster, workdir: Path, name: str, *targets: str, timeout_s: int) -> Step:
-    res = cluster.run_snakemake(workdir, *_args(workdir, *targets), timeout_s=timeout_s)
+def _run(cluster: SlurmCluster, workdir: Path, name: str, *targets: str, timeout_s: int,
+         layers: tuple[Path, ...] = ()) -> Step:
+    args = (*_args(workdir, *targets), *map(str, layers))
+    res = cluster.run_snakemake(workdir, *args, timeout_s=timeout_s)
     (workdir / f"snakemake-{name}.txt").write_text(res.stdout)
     return Step(res.returncode, res.stdout, submitted_jobs(res.stdout))
 
@@ -232,13 +237,21 @@ def rerun_step(cluster: SlurmCluster, workdir: Path, cancelled_step: Step) -> St
     return _run(cluster, workdir, "d-rerun", timeout_s=2700)
 
 
+@pytest.fixture(scope="module")
+def blind_step(cluster: SlurmCluster, workdir: Path, rerun_step: Step) -> Step:
+    """(g) The opt-in blind separation (`snakemake blind`) at its smallest, after the study."""
+    _require(rerun_step, "the whole study ran through SLURM")
+    return _run(cluster, workdir, "g-blind", "blind", timeout_s=1500, layers=(BLIND_LAYER,))
+
+
 # --------------------------------------------------------------------------- checks
 
 
 def _assert_every_job_on_slurm(cluster: SlurmCluster, step: Step) -> None:
     """Each job Snakemake ran was submitted to SLURM, completed, on its partition."""
     counts = snakemake_job_counts(step.output)
-    counts.pop("all", None)  # the target rule has no action: nothing to run
+    counts.pop("all", None)  # the target rules have no action: nothing to run
+    counts.pop("blind", None)
     assert counts, step.tail()
     assert Counter(step.jobs.values()) == Counter(counts), (counts, step.jobs)
     rows = cluster.wait_for_sacct(list(step.jobs))
@@ -247,7 +260,7 @@ def _assert_every_job_on_slurm(cluster: SlurmCluster, step: Step) -> None:
         assert row is not None, f"sacct does not know job {job} ({rule})"
         assert row["State"] == "COMPLETED", (rule, row)
         assert row["Account"] == TEST_ACCOUNT, (rule, row)
-        if rule in GPU_RULES:
+        if rule in GPU_RULES | BLIND_GPU_RULES:
             assert row["Partition"] == "gpu", (rule, row)
             assert "gres/gpu=1" in row["AllocTRES"], (rule, row)
         else:
@@ -324,6 +337,18 @@ def test_d_rerun_finishes_and_training_resumes_from_checkpoint(workdir, cancelle
 def test_e_every_job_of_the_rerun_is_a_slurm_job_on_its_partition(cluster, rerun_step):
     assert GPU_RULES <= set(rerun_step.jobs.values()), rerun_step.jobs
     _assert_every_job_on_slurm(cluster, rerun_step)
+
+
+def test_g_blind_separation_runs_through_the_cluster_profile(cluster, workdir, blind_step):
+    """Issue #15: `snakemake blind --profile slurm`: every rule of the target a SLURM job, the
+    score model's training and the sampling shards on the GPU partition, the metrics written."""
+    assert blind_step.returncode == 0, blind_step.tail()
+    assert set(blind_step.jobs.values()) == {"cmb_spectra_grid", "train_blind_score_model", "blind_observations",
+                                             "blind_separate", "evaluate_blind"}, blind_step.jobs
+    assert BLIND_GPU_RULES <= set(blind_step.jobs.values())
+    _assert_every_job_on_slurm(cluster, blind_step)
+    metrics = json.loads((workdir / "results" / "separation" / "blind" / "metrics.json").read_text())
+    assert metrics["n_observations"] == 4 and np.isfinite(metrics["rhat_median_H0"])
 
 
 def test_f_mlflow_runs_carry_the_slurm_job_ids(workdir, datasets_step, cancelled_step, rerun_step):
