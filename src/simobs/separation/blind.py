@@ -187,6 +187,12 @@ class BlindObservations:
     source: str  #: ``prior`` (regenerated, truths from the prior) or ``fields`` (fields.h5's observations)
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    def rows(self, indices: np.ndarray) -> BlindObservations:
+        """The observations ``indices`` (a shard), truths and attributes alike."""
+        i = np.asarray(indices)
+        return BlindObservations(self.observation[i], self.dust[i], self.cmb[i], self.theta[i], self.dust_index[i],
+                                 self.source, dict(self.attrs))
+
 
 def regenerate_observations(test_dust: np.ndarray, spectrum: SpectrumFn, lower: np.ndarray, upper: np.ndarray,
                             n: int, seed: int) -> BlindObservations:
@@ -246,13 +252,14 @@ def write_observations(obs: BlindObservations, path: str | os.PathLike[str], **a
 
 def read_observations(path: str | os.PathLike[str], indices: np.ndarray | None = None) -> BlindObservations:
     """Read :func:`write_observations`'s file (rows ``indices`` only when given)."""
-    sel = slice(None) if indices is None else np.asarray(indices)
     with h5py.File(path, "r") as f:
         if "theta" not in f:
             raise ValueError(f"{path}: not a blind observation file (no 'theta'); rerun rule blind_observations")
-        arrays = {name: f[name][...][sel] for name in ("observation", "dust", "cmb", "theta", "dust_index")}
-        attrs = {k: v for k, v in f.attrs.items() if k not in ("source",)}
-        return BlindObservations(**arrays, source=str(f.attrs["source"]), attrs=attrs)
+        arrays = {name: f[name][...] for name in ("observation", "dust", "cmb", "theta", "dust_index")}
+        source = str(f.attrs["source"])
+        attrs = {k: v for k, v in f.attrs.items() if k != "source"}
+    obs = BlindObservations(**arrays, source=source, attrs=attrs)
+    return obs if indices is None else obs.rows(indices)
 
 
 # --------------------------------------------------------------------------- rule blind_separate
