@@ -351,7 +351,7 @@ def test_g_blind_separation_runs_through_the_cluster_profile(cluster, workdir, b
     assert metrics["n_observations"] == 4 and np.isfinite(metrics["rhat_median_H0"])
 
 
-def test_f_mlflow_runs_carry_the_slurm_job_ids(workdir, datasets_step, cancelled_step, rerun_step):
+def test_f_mlflow_runs_carry_the_slurm_job_ids(workdir, datasets_step, cancelled_step, rerun_step, blind_step):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results' / 'tracking' / 'mlflow.db'}")
@@ -362,7 +362,9 @@ def test_f_mlflow_runs_carry_the_slurm_job_ids(workdir, datasets_step, cancelled
     runs = [r for r in client.search_runs([exp.experiment_id], max_results=5000)
             if "simobs.rule" in r.data.tags]
     assert runs, "no MLflow job runs"
-    rule_of = {**datasets_step.jobs, **cancelled_step.jobs, **rerun_step.jobs}
+    # The blind target's jobs (g) log to the same experiment; taking its fixture here makes
+    # the check independent of the order pytest runs f and g in.
+    rule_of = {**datasets_step.jobs, **cancelled_step.jobs, **rerun_step.jobs, **blind_step.jobs}
     by_job: dict[str, list] = {}
     for run in runs:
         tags = run.data.tags
@@ -371,7 +373,7 @@ def test_f_mlflow_runs_carry_the_slurm_job_ids(workdir, datasets_step, cancelled
         assert job in rule_of, (run.info.run_id, tags.get("simobs.rule"), job)
         assert tags["simobs.rule"] == rule_of[job], (job, tags["simobs.rule"], rule_of[job])
         by_job.setdefault(job, []).append(run)
-    for job, rule in {**datasets_step.jobs, **rerun_step.jobs}.items():
+    for job, rule in {**datasets_step.jobs, **rerun_step.jobs, **blind_step.jobs}.items():
         finished = [r for r in by_job.get(job, []) if r.info.status == "FINISHED"]
         assert len(finished) == 1, f"job {job} ({rule}): {len(finished)} finished MLflow runs"
     # The cancelled training's run never finished (its run id file was never written).
