@@ -52,14 +52,17 @@ def plot_gallery(images: np.ndarray, titles: Sequence[str], suptitle: str = "", 
         return fig
     ncol = min(ncol, n)
     nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.75 * nrow + 0.4), squeeze=False)
+    # Each panel's title takes up to three lines (source, id, score) above a square image;
+    # constrained layout keeps a row's titles off the row above (tight_layout let them overlap).
+    lines = max((str(t).count("\n") + 1 for t in titles), default=1)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, (1.5 + 0.12 * lines) * nrow + 0.4),
+                             squeeze=False, layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, t in zip(axes.ravel(), images, titles):
         ax.imshow(display_image(img), origin="lower")
         ax.set_title(t, fontsize=6)
     fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
