@@ -34,11 +34,16 @@ def test_suite_prints_a_table_and_writes_json_with_ratios_and_the_machine(tmp_pa
     assert result["machine"]["cpus"] >= 1 and "load_average_start" in result["machine"]
     rows = {r["name"]: r for r in result["rows"]}
     ood = [r for r in result["rows"] if r["item"] == "6 ood"]
-    assert len(ood) == 4, proc.stdout
-    measured = [r for r in ood if r["ratio"] is not None]
-    assert len(measured) == 3 and all(r["value"] > 0 and r["ratio"] > 0 for r in measured)
-    assert all("flags differing at the 95% quantile: 0" in r["note"] for r in measured), proc.stdout  # exact path
-    assert "extrapolated" in ood[-1]["name"] and ood[-1]["value"] > measured[-1]["value"]
+    assert len(ood) == 6, proc.stdout
+    exact = [r for r in ood if "new (float32" in r["name"]]
+    assert len(exact) == 3 and all(r["value"] > 0 and r["ratio"] > 0 for r in exact)
+    assert all("flags differing at the 95% quantile: 0" in r["note"] for r in exact), proc.stdout  # exact path
+    assert "exact, extrapolated" in ood[3]["name"] and ood[3]["value"] > exact[-1]["value"]
+    # the IVF index against the exact score on the same queries: its flags are the exact ones
+    index = ood[4]
+    assert "index (ivf)" in index["name"] and index["ratio"] > 0, proc.stdout
+    assert "flags differing: 0 of" in index["note"] and "'fell_back': False" in index["note"], proc.stdout
+    assert "index, extrapolated" in ood[5]["name"] and ood[5]["value"] > index["value"]
     assert rows["encode, batch 64, CPU"]["value"] > 0
     assert any("GPU" in name and "skipped" in r["note"] for name, r in rows.items()) or result["machine"]["gpu"]
     assert "6 ood" in proc.stdout and "machine:" in proc.stdout  # the printed table

@@ -57,3 +57,93 @@ def test_knn_fit_rejects_too_few_reference_points() -> None:
 
     with pytest.raises(ValueError, match="more than k=10"):
         KnnReference.fit(np.zeros((10, 4), np.float32), k=10)
+
+
+# --------------------------------------------------------------------------- the IVF index (#16)
+def _ivf_reference(ref: np.ndarray, n_groups: int, n_probe: int) -> KnnReference:
+    knn = KnnReference.fit(ref, k=10, n_components=32, index="ivf", n_groups=n_groups, n_probe=n_probe)
+    knn.min_work = 0  # serve every call through the index (the default waits for 10^9 pairs)
+    return knn
+
+
+def test_ivf_index_scores_and_flags_match_the_exact_score_on_clustered_embeddings() -> None:
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0, 4, (12, 64))
+    ref = _clustered_embeddings(rng, 6000, centres)
+    held = _clustered_embeddings(rng, 1000, centres)
+    observed = np.concatenate([_clustered_embeddings(rng, 3000, centres),
+                               rng.normal(0, 4, (600, 64)).astype(np.float32) + 6.0])
+    knn = _ivf_reference(ref, n_groups=48, n_probe=16)
+    assert knn.index is not None and knn.index.offsets[-1] == 6000
+    assert sorted(knn.index.order.tolist()) == list(range(6000))
+    fast, exact = knn.score(observed), knn.score_exact(observed)
+    check = knn.last_check
+    assert check["method"] == "ivf" and not check["fell_back"], check
+    assert check["n_checked"] == 2048
+    # An index can only miss neighbours: never smaller, and here within 1 %, mostly exact.
+    assert np.all(fast >= exact * (1 - 1e-6))
+    np.testing.assert_allclose(fast, exact, rtol=1e-2)
+    assert np.mean(fast == exact) > 0.9
+    thr = np.quantile(knn.score_exact(held), 0.95)
+    np.testing.assert_array_equal(fast > thr, exact > thr)
+    # Scoring the reference itself: the point's own group is always probed.
+    np.testing.assert_allclose(knn.score(ref[:500], exclude_self=True), knn.score_exact(ref[:500], exclude_self=True),
+                               rtol=1e-2)
+
+
+def test_ivf_index_falls_back_to_the_exact_score_when_its_check_fails(caplog) -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(3000, 64)).astype(np.float32)  # no clusters: one probed group of 64 misses most neighbours
+    queries = rng.normal(size=(1000, 64)).astype(np.float32)
+    knn = _ivf_reference(ref, n_groups=64, n_probe=1)
+    with caplog.at_level("WARNING"):
+        out = knn.score(queries)
+    assert knn.last_check["fell_back"] and knn.last_check["max_rel_error"] > 0.01, knn.last_check
+    np.testing.assert_array_equal(out, knn.score_exact(queries))
+    assert "scoring all 1000 queries exactly" in caplog.text
+
+
+def test_ivf_queries_with_fewer_than_k_candidates_are_scored_exactly() -> None:
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(400, 64)).astype(np.float32)
+    knn = _ivf_reference(ref, n_groups=200, n_probe=2)  # ~2 points per group: 4 candidates for k = 10
+    knn.tolerance = np.inf  # keep the index's result, whatever its error
+    queries = rng.normal(size=(300, 64)).astype(np.float32)
+    out = knn.score(queries)
+    assert np.isfinite(out).all()
+    assert np.all(out >= knn.score_exact(queries) * (1 - 1e-6))
+
+
+def test_knn_index_choice(monkeypatch) -> None:
+    import pytest
+
+    from simobs.misspecification import scores
+
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(600, 16)).astype(np.float32)
+    assert KnnReference.fit(ref, k=5, n_components=8, index="auto").index is None
+    monkeypatch.setattr(scores, "IVF_MIN_REFERENCE", 500)
+    knn = KnnReference.fit(ref, k=5, n_components=8, index="auto", n_groups=8, n_probe=3)
+    assert knn.index is not None and knn.index.n_probe == 3 and len(knn.index.centroids) == 8
+    knn.score(ref[:50])  # 50 x 600 pairs: below min_work, exact
+    assert knn.last_check == {"method": "exact"}
+    assert KnnReference.fit(ref, k=5, index="exact").index is None
+    with pytest.raises(ValueError, match="knn_index='faiss'"):
+        KnnReference.fit(ref, k=5, index="faiss")
+
+
+def test_ivf_flags_are_exact_with_the_threshold_even_where_the_index_errs() -> None:
+    rng = np.random.default_rng(11)
+    ref = rng.normal(size=(3000, 64)).astype(np.float32)
+    queries = np.concatenate([rng.normal(size=(900, 64)), rng.normal(size=(100, 64)) * 1.6]).astype(np.float32)
+    knn = _ivf_reference(ref, n_groups=64, n_probe=4)
+    knn.tolerance = np.inf  # keep the index's result, whatever its error
+    exact = knn.score_exact(queries)
+    raw = knn.score(queries)
+    thr = np.quantile(exact, 0.9)
+    assert np.sum((raw > thr) != (exact > thr)) > 20  # the index alone would change flags
+    out = knn.score(queries, threshold=thr)
+    np.testing.assert_array_equal(out > thr, exact > thr)
+    np.testing.assert_array_equal(out[exact > thr], exact[exact > thr])  # flagged scores are exact
+    assert np.all(out >= exact * (1 - 1e-6))
+    assert 0.1 <= knn.last_check["fraction_rescored"] < 1.0

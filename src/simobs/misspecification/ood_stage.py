@@ -68,17 +68,20 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
                         (f"classifier {classifier_path}", clf.digest),
                         "Re-run rule `train_classifier`: its predictions and classifier file come from one run")
     scorer = OODScorer(clf, sim_sets, predictions, knn_k=int(settings.get("knn_k", 10)),
-                       knn_components=int(settings.get("knn_components", 128)), seed=seed)
+                       knn_components=int(settings.get("knn_components", 128)),
+                       knn_index=str(settings.get("knn_index", "auto")), knn_groups=int(settings.get("knn_groups", 256)),
+                       knn_probe=int(settings.get("knn_probe", 32)), seed=seed)
     split_of = dict(zip(zip(predictions["source"], predictions["id"]), predictions["split"]))
     logits = {e.source: clf.logits(e.embedding) for e in sets}
     thresholds = {SIMULATIONS_REFERENCE: scorer.thresholds(tpr)}
     for o in obs_sets:
         thresholds[o.source] = scorer.thresholds(tpr, logits[o.source], settings.get("reference", "pooled"))
 
-    frames = []
+    frames, knn_checks = [], {}
     for e in sets:
-        sc = scorer.scores(e.embedding, logits[e.source])
         ref = e.source if e.is_observation else SIMULATIONS_REFERENCE
+        sc = scorer.scores(e.embedding, logits[e.source], knn_threshold=thresholds[ref]["knn"])
+        knn_checks[e.source] = dict(scorer.knn.last_check)
         flags = flag_all(sc, thresholds[ref])
         split = (np.full(len(e), "observed", dtype=object) if e.is_observation
                  else np.array([split_of.get((e.source, i), "unused") for i in e.ids], dtype=object))
@@ -104,6 +107,12 @@ def run_ood_scores(embedding_paths: Sequence[str | Path], classifier_path: str |
     for o in obs_sets:
         part = scores[scores.source == o.source]
         metrics.update({f"{o.source}_flagged_fraction_{m}": float(part[f"flagged_{m}"].mean()) for m in OOD_METHODS})
+    for source, check in knn_checks.items():  # the k-NN index's exactness check, where it was used
+        if check.get("method") == "ivf":
+            metrics.update({f"{source}_knn_index_max_rel_error": check["max_rel_error"],
+                            f"{source}_knn_index_fraction_inexact": check["fraction_inexact"],
+                            f"{source}_knn_index_fell_back": float(check["fell_back"]),
+                            f"{source}_knn_index_fraction_rescored": check.get("fraction_rescored", 1.0)})
     log.info("OOD scores of %d images from %d sources; thresholds at TPR %.2f", len(scores), len(sets), tpr)
     return StageOutput(metrics, {"scores": scores, "thresholds": table}, [],
                        lineage={"vae_digest": vae_digest or "", "classifier_digest": clf.digest})
