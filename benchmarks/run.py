@@ -453,6 +453,11 @@ def _old_knn_score(ref_points: np.ndarray, q: np.ndarray, k: int, batch: int = 2
     return out
 
 
+def _gaussian_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    """(n, dim) float32 unclustered Gaussian rows, per-dimension widths 0.1 to 2."""
+    return rng.normal(size=(n, dim)).astype(np.float32) * np.linspace(0.1, 2, dim, dtype=np.float32)
+
+
 def bench_ood(quick: bool) -> list[Row]:
     from simobs.misspecification.scores import KnnReference
 
@@ -466,8 +471,7 @@ def bench_ood(quick: bool) -> list[Row]:
     rng = np.random.default_rng(0)
     rows, work, t_new = [], [], []
     for n_obs, n_ref, compare in grid:
-        ref = rng.normal(size=(n_ref, dim)).astype(np.float32) * np.linspace(0.1, 2, dim, dtype=np.float32)
-        obs = rng.normal(size=(n_obs, dim)).astype(np.float32) * np.linspace(0.1, 2, dim, dtype=np.float32)
+        ref, obs = _gaussian_rows(rng, n_ref, dim), _gaussian_rows(rng, n_obs, dim)
         knn = KnnReference.fit(ref, k=k, n_components=comps)
         new_t, new = _timed_result(lambda: knn.score(obs))
         if compare:
@@ -529,9 +533,7 @@ def _bench_knn_index(quick: bool, cfg: dict, dim: int, comps: int, k: int) -> li
                     note=f"index build + {scale:.0f}x the queries{'' if n_ref == 50000 else ' x the reference ratio'}"))
     if not quick:  # the worst case: no clusters, so the check fails and the exact score runs
         rng = np.random.default_rng(2)
-        scales = np.linspace(0.1, 2, dim, dtype=np.float32)
-        g_ref = rng.normal(size=(n_ref, dim)).astype(np.float32) * scales
-        g_obs = rng.normal(size=(50000, dim)).astype(np.float32) * scales
+        g_ref, g_obs = _gaussian_rows(rng, n_ref, dim), _gaussian_rows(rng, 50000, dim)
         knn_g = KnnReference.fit(g_ref, k=k, n_components=comps, **index)
         t_g, _ = _timed_result(lambda: knn_g.score(g_obs))
         check_g = dict(knn_g.last_check)

@@ -25,10 +25,9 @@ pooled``) or by the observed sample's posterior model probabilities (``posterior
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-
-import logging
 
 import numpy as np
 import pandas as pd
@@ -136,7 +135,7 @@ class KnnReference:
             large, the whole call is recomputed exactly.
         min_work: the index serves calls of at least this many query x reference pairs.
         last_check: what the last call did (``method``, and for the index ``n_checked``,
-            ``max_rel_error``, ``fraction_inexact``, ``fell_back``).
+            ``max_rel_error``, ``fraction_inexact``, ``fell_back``, ``fraction_rescored``).
     """
 
     mean: np.ndarray
